@@ -1,0 +1,195 @@
+"""`train`: one SageMaker training job from config files to model artifacts.
+
+Every failure ends here as a reason in output/failure and a non-zero exit, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, contract, environment
+from .contract import ContractError, Stopped, TrainingEnv, TrainingError
+from .hyperparameters import HyperparameterError
+
+log = logging.getLogger("mxnet_byoc")
+
+EXIT_FAILED = 1
+EXIT_STOPPED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+class _StopFlag:
+    """SIGTERM (StopTrainingJob, spot interruption) sets it; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+    def handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: stopping after the current step and writing a checkpoint")
+        self.stopped = True
+
+
+def _configure_runtime(env: TrainingEnv) -> None:
+    """Engine and thread settings must be in the environment before MXNet is imported."""
+    spec = os.environ.get(environment.CONTEXTS) or env.hyperparameters["contexts"]
+    wants_gpu = "gpu" in spec.lower() or (not spec and Path("/dev/nvidia0").exists())
+    # On the CPU a small network's step is mostly framework overhead; the naive (synchronous) engine
+    # cuts it. GPUs and parameter servers need the threaded engine's asynchrony.
+    if not wants_gpu and not env.resources.distributed:
+        os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    """Fail before training, not after an hour of it, when an output folder cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ContractError(f"the {what} directory {directory} cannot be written: {e.strerror or e}") from e
+
+
+def _load_data(env: TrainingEnv):
+    from . import data
+
+    hps = env.hyperparameters
+    train = data.read_channel(env.training.path)
+    if env.validation is not None:
+        val = data.read_channel(env.validation.path, classes=train.classes)
+        val_name = env.validation.name
+    else:
+        train, val = data.split(train, hps["validation_fraction"], hps["seed"])
+        val_name = f"{hps['validation_fraction']:.0%} of training"
+    if train.input_shape != val.input_shape:
+        raise data.DataError(f"validation images are {val.input_shape} but training images are {train.input_shape}")
+    return train, val, val_name
+
+
+def _contexts(env: TrainingEnv):
+    from . import training
+
+    spec = os.environ.get(environment.CONTEXTS) or env.hyperparameters["contexts"]
+    if spec:
+        try:
+            return training.parse_contexts(spec)
+        except ValueError as e:
+            source = environment.CONTEXTS if os.environ.get(environment.CONTEXTS) else "hyperparameter 'contexts'"
+            raise HyperparameterError(f"{source}: {e}") from e
+    return training.detect_contexts()
+
+
+def _confusion(labels, predictions, classes: list[Any]) -> dict[str, Any]:
+    import numpy as np
+
+    k = len(classes)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return {"classes": classes, "rows": "true label", "columns": "predicted label", "matrix": matrix.tolist()}
+
+
+def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
+    """Train and write artifacts; returns the final metrics."""
+    started = time.time()
+    _configure_runtime(env)
+    if env.resources.is_master:
+        _check_writable(env.paths.model, "model")
+        _check_writable(env.paths.output_data, "output data")
+    _check_writable(env.checkpoint_dir, "checkpoint")
+
+    import mxnet as mx
+    import numpy as np
+
+    from . import artifacts, metrics, training
+
+    contexts = _contexts(env)
+    train, val, val_name = _load_data(env)
+    cfg = training.Config.from_hyperparameters(env.hyperparameters)
+    log.info("training %s on %d images %s, validating on %d (%s), classes %s, devices %s",
+             cfg.model, len(train), train.input_shape, len(val), val_name, train.classes, contexts)
+    trainer, result = training.fit(
+        cfg, train, val, contexts,
+        checkpoint_dir=env.checkpoint_dir, host=env.resources.current_host,
+        should_stop=should_stop, emit=lambda line: print(line, flush=True),
+    )
+    val_x, _ = training._device_data(val, contexts[0])
+    val_loss, val_acc, predictions = trainer.evaluate(val_x, val.labels)
+    final = {**result.final, "validation_loss": val_loss, "validation_accuracy": val_acc}
+    if env.validation is not None and env.validation.name == "test":
+        final["test_accuracy"] = val_acc
+        print(metrics.format_line({"test_accuracy": val_acc}), flush=True)
+    final["wall_time_sec"] = round(time.time() - started, 3)
+    final["validation_channel"] = val_name
+    if env.resources.is_master:
+        symbol, args, aux = trainer.export()
+        artifacts.save(symbol, args, aux, env.paths.model, train.input_shape, train.classes, {
+            "model": cfg.model,
+            "hyperparameters": env.hyperparameters,
+            "metrics": final,
+            "history": result.history,
+            "num_parameters": trainer.num_params,
+            "training": {"job_name": env.job_name, "hosts": env.resources.hosts,
+                         "devices": [str(c) for c in contexts], "train_records": len(train),
+                         "validation_records": len(val)},
+            "versions": {"mxnet_byoc": __version__, "mxnet": mx.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+        })
+        artifacts.write_json_atomic(env.paths.output_data / "metrics.json", final)
+        artifacts.write_json_atomic(env.paths.output_data / "confusion_matrix.json",
+                                    _confusion(val.labels, predictions, train.classes))
+    log.info("done in %.1f s: validation accuracy %.4f", time.time() - started, val_acc)
+    return final
+
+
+def _reason(exc: BaseException) -> str:
+    from . import checkpoints, data
+
+    known = (ContractError, TrainingError, HyperparameterError, data.DataError, checkpoints.CheckpointError)
+    if isinstance(exc, known):
+        return str(exc)
+    if isinstance(exc, Stopped):
+        return f"Training job stopped: {exc}"
+    if isinstance(exc, MemoryError):
+        return "out of memory: use a larger instance or a smaller batch_size"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot access {exc.filename}: {exc.strerror}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"unexpected error {type(exc).__name__}: {first}"[:1000]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flag = _StopFlag()
+    signal.signal(signal.SIGTERM, flag.handle)
+    paths = contract.Paths(environment.base_dir())
+    try:
+        env = contract.load(paths.base)
+        run(env, flag)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach output/failure
+        if isinstance(exc, KeyboardInterrupt):
+            exc = Exception("interrupted")
+        reason = _reason(exc)
+        stopped = isinstance(exc, Stopped)
+        contract.write_failure(paths, reason, None if stopped else exc)
+        print(f"ERROR: {reason}", file=sys.stderr, flush=True)
+        if not stopped and not isinstance(exc, (ContractError, HyperparameterError)):
+            log.debug("traceback", exc_info=exc)
+        return EXIT_STOPPED if stopped else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The training loop: data-parallel executors over one flat parameter buffer per device.
+
+Why not a plain Gluon loop: per-step framework overhead dominates a small network on a CPU (a Gluon
+Trainer issues one update op per parameter and copies each batch). Here every device binds one executor
+whose weights and gradients are views into one flat buffer, so a step is: copy a batch view, forward,
+backward, one reduction per extra device (and one push/pull to the parameter servers with several hosts),
+and ONE optimizer op for all weights. The dataset sits on each device once; shuffling and augmentation
+are one op per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+
+from . import checkpoints, metrics, models
+from .contract import Stopped, TrainingError
+from .data import Dataset
+
+log = logging.getLogger(__name__)
+
+_CONTEXT = re.compile(r"^\s*(cpu|gpu)\s*\(\s*(\d+)\s*\)\s*$", re.IGNORECASE)
+EVAL_BATCH = 1000
+
+
+def parse_contexts(spec: str) -> list[mx.Context]:
+    """'cpu(0),cpu(1)' or 'gpu(0), gpu(1)' -> contexts; ValueError naming the bad part."""
+    contexts = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        m = _CONTEXT.match(part)
+        if not m:
+            raise ValueError(f"cannot read device {part.strip()!r}: expected cpu(N) or gpu(N), comma-separated")
+        contexts.append(mx.Context(m.group(1).lower(), int(m.group(2))))
+    if not contexts:
+        raise ValueError(f"no device in {spec!r}")
+    return contexts
+
+
+def detect_contexts() -> list[mx.Context]:
+    """Every GPU, else the CPU; a GPU image on a machine without a GPU falls back with a warning."""
+    try:
+        count = mx.context.num_gpus()
+    except mx.base.MXNetError as e:  # a CUDA build without a usable driver
+        log.warning("no usable GPU (%s): training on the CPU", str(e).splitlines()[0][:200])
+        count = 0
+    if count == 0 and mx.runtime.Features().is_enabled("CUDA"):
+        log.warning("this is the GPU image but no GPU is visible: training on the CPU, which is much slower")
+    return [mx.gpu(i) for i in range(count)] or [mx.cpu()]
+
+
+@dataclass
+class Config:
+    model: str = "cnn"
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 0.003
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    wd: float = 0.0
+    lr_schedule: str = "onecycle"
+    warmup_fraction: float = 0.2
+    augment: bool = True
+    hidden_units: int = 256
+    seed: int = 42
+    log_interval: int = 100
+
+    @classmethod
+    def from_hyperparameters(cls, hps: dict[str, Any]) -> Config:
+        return cls(**{k: hps[k] for k in cls.__dataclass_fields__ if k in hps})
+
+
+@dataclass
+class Result:
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def learning_rate(cfg: Config, update: int, total: int) -> float:
+    """One-cycle: linear warm-up from lr/25 to lr, then cosine decay to 0; or constant."""
+    if cfg.lr_schedule == "constant" or total <= 1:
+        return cfg.learning_rate
+    warm = int(total * cfg.warmup_fraction)
+    if update < warm:
+        start = cfg.learning_rate / 25
+        return start + (cfg.learning_rate - start) * update / warm
+    progress = (update - warm) / max(1, total - warm)
+    return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Optimizer:
+    """One update op over the flat weight buffer: the cheapest update MXNet offers per step."""
+
+    BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+
+    def __init__(self, cfg: Config, weights: mx.nd.NDArray, rescale: float):
+        self.cfg, self.weights, self.rescale = cfg, weights, rescale
+        ctx, n = weights.context, weights.shape[0]
+        if cfg.optimizer == "adam":
+            self.states = [mx.nd.zeros(n, ctx=ctx), mx.nd.zeros(n, ctx=ctx)]
+        elif cfg.optimizer == "nesterov" or cfg.momentum > 0:
+            self.states = [mx.nd.zeros(n, ctx=ctx)]
+        else:
+            self.states = []
+
+    def update(self, grads: mx.nd.NDArray, lr: float, t: int) -> None:
+        cfg, w = self.cfg, self.weights
+        if cfg.optimizer == "adam":
+            # MXNet's adam_update leaves bias correction to the caller (as Gluon's Adam does).
+            lr = lr * math.sqrt(1 - self.BETA2 ** t) / (1 - self.BETA1 ** t)
+            mx.nd.adam_update(w, grads, self.states[0], self.states[1], lr=lr, wd=cfg.wd,
+                              rescale_grad=self.rescale, beta1=self.BETA1, beta2=self.BETA2,
+                              epsilon=self.EPS, out=w)
+        elif cfg.optimizer == "nesterov":
+            mx.nd.nag_mom_update(w, grads, self.states[0], lr=lr, momentum=cfg.momentum, wd=cfg.wd,
+                                 rescale_grad=self.rescale, out=w)
+        elif self.states:
+            mx.nd.sgd_mom_update(w, grads, self.states[0], lr=lr, momentum=cfg.momentum, wd=cfg.wd,
+                                 rescale_grad=self.rescale, out=w)
+        else:
+            mx.nd.sgd_update(w, grads, lr=lr, wd=cfg.wd, rescale_grad=self.rescale, out=w)
+
+
+def _training_symbol(logits: mx.sym.Symbol) -> mx.sym.Symbol:
+    label = mx.sym.var("label")
+    # normalization="null": gradients are summed over the batch; the optimizer rescales by the global batch.
+    prob = mx.sym.SoftmaxOutput(logits, label, normalization="null", name="softmax")
+    loss = mx.sym.sum(-mx.sym.log(mx.sym.pick(prob, label) + 1e-12))
+    correct = mx.sym.sum(mx.sym.argmax(prob, axis=1) == label)
+    stats = mx.sym.BlockGrad(mx.sym.concat(loss.reshape((1,)), correct.reshape((1,)), dim=0))
+    return mx.sym.Group([prob, stats])
+
+
+class Replica:
+    """One device's executor, bound to views of its flat weight and gradient buffers."""
+
+    def __init__(self, symbol: mx.sym.Symbol, ctx: mx.Context, batch: int, input_shape: tuple[int, ...],
+                 layout: list[tuple[str, tuple[int, ...], int, int]], aux: dict[str, mx.nd.NDArray]):
+        size = layout[-1][3] if layout else 0
+        self.ctx = ctx
+        self.weights = mx.nd.zeros(size, ctx=ctx)
+        self.grads = mx.nd.zeros(size, ctx=ctx)
+        args = {"data": mx.nd.zeros((batch, *input_shape), ctx=ctx), "label": mx.nd.zeros(batch, ctx=ctx)}
+        grads, req = {}, {"data": "null", "label": "null"}
+        for name, shape, start, end in layout:
+            args[name] = self.weights[start:end].reshape(shape)
+            grads[name] = self.grads[start:end].reshape(shape)
+            req[name] = "write"
+        self.aux = {k: v.copyto(ctx) for k, v in aux.items()}
+        self.exe = symbol.bind(ctx, args=args, args_grad=grads, grad_req=req, aux_states=self.aux)
+        self.data, self.label = args["data"], args["label"]
+        self.stats = mx.nd.zeros(2, ctx=ctx)
+        self._stats_out = None
+
+    def step(self, x: mx.nd.NDArray, y: mx.nd.NDArray) -> None:
+        x.copyto(self.data)
+        y.copyto(self.label)
+        self.exe.forward(is_train=True)
+        self.exe.backward()
+        if self._stats_out is None:
+            self._stats_out = self.exe.outputs[1]
+        self.stats += self._stats_out
+
+
+def _device_data(data: Dataset, ctx: mx.Context) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
+    x = mx.nd.array(data.images, ctx=ctx, dtype=np.uint8).astype(np.float32) / 255.0
+    y = mx.nd.array(data.labels, ctx=ctx, dtype=np.float32)
+    return x, y
+
+
+def _shifted(x: mx.nd.NDArray, rng: np.random.RandomState, max_shift: int = 2) -> mx.nd.NDArray:
+    """Every image moved by its own whole-pixel offset in [-max_shift, max_shift], zeros shifted in."""
+    n, _, h, w = x.shape
+    dx = rng.randint(-max_shift, max_shift + 1, n) * (2.0 / max(1, w - 1))
+    dy = rng.randint(-max_shift, max_shift + 1, n) * (2.0 / max(1, h - 1))
+    theta = np.zeros((n, 6), dtype=np.float32)
+    theta[:, 0], theta[:, 4], theta[:, 2], theta[:, 5] = 1, 1, dx, dy
+    grid = mx.nd.GridGenerator(mx.nd.array(theta, ctx=x.context), transform_type="affine",
+                               target_shape=(h, w))
+    return mx.nd.BilinearSampler(x, grid)
+
+
+class Trainer:
+    """Owns the replicas, the optimizer and the exchange of gradients between devices and hosts."""
+
+    def __init__(self, cfg: Config, input_shape: tuple[int, ...], num_classes: int,
+                 contexts: list[mx.Context], kvstore: Any = None):
+        self.cfg, self.contexts, self.kvstore = cfg, contexts, kvstore
+        workers = kvstore.num_workers if kvstore is not None else 1
+        per_step = len(contexts) * workers
+        if cfg.batch_size % per_step:
+            raise TrainingError(
+                f"batch_size {cfg.batch_size} must be a multiple of the number of devices times hosts "
+                f"({len(contexts)} x {workers} = {per_step}) so that every device gets the same share"
+            )
+        self.device_batch = cfg.batch_size // per_step
+        self.host_batch = self.device_batch * len(contexts)
+        mx.random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.net = models.build(cfg.model, num_classes, cfg.hidden_units)
+        self.net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=mx.cpu())
+        self.net(mx.nd.zeros((1, *input_shape)))  # completes deferred shape inference
+        self.logits = self.net(mx.sym.var("data"))
+        symbol = _training_symbol(self.logits)
+        params = {p.name: p for p in self.net.collect_params().values()}
+        arg_names = [a for a in symbol.list_arguments() if a not in ("data", "label")]
+        self.aux_names = symbol.list_auxiliary_states()
+        self.layout, offset = [], 0
+        for name in arg_names:
+            shape = params[name].shape
+            size = int(np.prod(shape))
+            self.layout.append((name, shape, offset, offset + size))
+            offset += size
+        self.num_params = offset
+        aux = {k: params[k].data() for k in self.aux_names}
+        self.replicas = [Replica(symbol, ctx, self.device_batch, input_shape, self.layout, aux) for ctx in contexts]
+        main = self.replicas[0]
+        for name, _, start, end in self.layout:
+            main.weights[start:end] = params[name].data().reshape(-1).as_in_context(main.ctx)
+        if kvstore is not None:
+            # Rank 0's initial weights win (kvstore init keeps the first worker's value); gradients
+            # travel under key 1 and come back summed over every worker.
+            kvstore.init(0, main.weights)
+            kvstore.pull(0, out=main.weights)
+            kvstore.init(1, mx.nd.zeros(self.num_params, ctx=main.ctx))
+        self._broadcast()
+        self.optimizer = Optimizer(cfg, main.weights, rescale=1.0 / cfg.batch_size)
+        self.updates = 0
+
+    # -- state ------------------------------------------------------------------------------------
+    def _broadcast(self) -> None:
+        for r in self.replicas[1:]:
+            self.replicas[0].weights.copyto(r.weights)
+
+    def state_arrays(self) -> dict[str, mx.nd.NDArray]:
+        main = self.replicas[0]
+        arrays = {"weights": main.weights}
+        arrays.update({f"opt{i}": s for i, s in enumerate(self.optimizer.states)})
+        arrays.update({f"aux:{k}": v for k, v in main.aux.items()})
+        return arrays
+
+    def load_state(self, arrays: dict[str, mx.nd.NDArray]) -> None:
+        main = self.replicas[0]
+        arrays["weights"].copyto(main.weights)
+        for i, s in enumerate(self.optimizer.states):
+            arrays[f"opt{i}"].copyto(s)
+        for r in self.replicas:
+            for k, v in r.aux.items():
+                arrays[f"aux:{k}"].copyto(v)
+        self._broadcast()
+
+    def export(self) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray], dict[str, mx.nd.NDArray]]:
+        main = self.replicas[0]
+        args = {name: main.weights[s:e].reshape(shape).copy() for name, shape, s, e in self.layout}
+        aux = {k: v.copy() for k, v in main.aux.items()}
+        return self.logits, args, aux
+
+    # -- one step ---------------------------------------------------------------------------------
+    def step(self, batches: list[tuple[mx.nd.NDArray, mx.nd.NDArray]], lr: float) -> None:
+        for replica, (x, y) in zip(self.replicas, batches):
+            replica.step(x, y)
+        main = self.replicas[0]
+        for r in self.replicas[1:]:
+            main.grads += r.grads.as_in_context(main.ctx)
+        if self.kvstore is not None:
+            self.kvstore.push(1, main.grads)
+            self.kvstore.pull(1, out=main.grads)
+        self.updates += 1
+        self.optimizer.update(main.grads, lr, self.updates)
+        self._broadcast()
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, x: mx.nd.NDArray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """Loss, accuracy and predictions through a fresh inference bind on copies of the weights
+        (an executor sharing arrays with training can keep stale MKL-DNN weight layouts)."""
+        _, args, aux = self.export()
+        ctx = self.replicas[0].ctx
+        n = x.shape[0]
+        batch = min(EVAL_BATCH, n)
+        args = {k: v.as_in_context(ctx) for k, v in args.items()}
+        args["data"] = mx.nd.zeros((batch, *x.shape[1:]), ctx=ctx)
+        exe = mx.sym.softmax(self.logits).bind(ctx, args=args, aux_states={k: v.as_in_context(ctx)
+                                                                          for k, v in aux.items()},
+                                               grad_req="null")
+        probs = []
+        for start in range(0, n, batch):
+            chunk = x[start:start + batch]
+            if chunk.shape[0] < batch:
+                pad = mx.nd.zeros((batch - chunk.shape[0], *x.shape[1:]), ctx=ctx)
+                chunk = mx.nd.concat(chunk, pad, dim=0)
+            chunk.copyto(args["data"])
+            exe.forward(is_train=False)
+            probs.append(exe.outputs[0].asnumpy())
+        p = np.concatenate(probs)[:n]
+        labels = y.astype(np.int64)
+        loss = float(-np.log(p[np.arange(n), labels] + 1e-12).mean())
+        pred = p.argmax(axis=1)
+        return loss, float((pred == labels).mean()), pred
+
+
+def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *,
+        kvstore: Any = None, checkpoint_dir: Any = None, host: str = "algo-1",
+        should_stop: Callable[[], bool] = lambda: False, emit: Callable[[str], None] = print) -> tuple[Trainer, Result]:
+    """Train, printing one metric line per epoch; resume from and write checkpoints when a folder is given."""
+    trainer = Trainer(cfg, train.input_shape, len(train.classes), contexts, kvstore)
+    steps = len(train) // trainer.host_batch
+    if steps == 0:
+        raise TrainingError(f"{len(train)} training records are fewer than one batch of {trainer.host_batch}")
+    total = steps * cfg.epochs
+    result = Result()
+    identity = {"model": cfg.model, "num_params": trainer.num_params, "steps_per_epoch": steps,
+                "batch_size": cfg.batch_size, "optimizer": cfg.optimizer}
+    start_epoch, start_step = 0, 0
+    if checkpoint_dir is not None:
+        ckpt = checkpoints.load_latest(checkpoint_dir, host, identity)
+        if ckpt is not None:
+            trainer.load_state(ckpt.arrays)
+            trainer.updates = ckpt.updates
+            start_epoch, start_step = ckpt.epoch, ckpt.step
+            result.history = list(ckpt.info.get("history", []))
+            result.resumed_from = start_epoch
+            emit(f"resumed from epoch {start_epoch} step {start_step}")
+
+    def save(epoch: int, step: int) -> None:
+        if checkpoint_dir is None:
+            return
+        checkpoints.save(checkpoint_dir, host, checkpoints.Checkpoint(
+            epoch=epoch, step=step, updates=trainer.updates, arrays=trainer.state_arrays(),
+            info={**identity, "history": result.history}))
+
+    device_data = [_device_data(train, ctx) for ctx in contexts]
+    val_x, _ = _device_data(val, contexts[0])
+    b, nd = trainer.device_batch, len(contexts)
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.RandomState(cfg.seed * 1000 + epoch)
+        # Every host draws the same permutation and takes its own slice of each global batch, so
+        # several hosts on one FullyReplicated channel never repeat each other's samples.
+        order = rng.permutation(len(train))[: steps * trainer.host_batch]
+        views = []
+        for x_all, y_all in device_data:
+            idx = mx.nd.array(order, ctx=x_all.context, dtype=np.int64)
+            x = mx.nd.take(x_all, idx)
+            if cfg.augment and cfg.model == "cnn":
+                x = _shifted(x, rng)
+            views.append((x.reshape((steps, nd, b, *x.shape[1:])), mx.nd.take(y_all, idx).reshape((steps, nd, b))))
+        for r in trainer.replicas:
+            r.stats[:] = 0
+        first = start_step if epoch == start_epoch else 0
+        tic = time.perf_counter()
+        for i in range(first, steps):
+            if should_stop():
+                mx.nd.waitall()
+                save(epoch, i)
+                raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {i}/{steps}; checkpoint written")
+            t = epoch * steps + i
+            lr = learning_rate(cfg, t, total)
+            trainer.step([(xv[i][d], yv[i][d]) for d, (xv, yv) in enumerate(views)], lr)
+            if cfg.log_interval and (i + 1) % cfg.log_interval == 0:
+                s = sum(r.stats.asnumpy() for r in trainer.replicas)
+                seen = (i + 1 - first) * trainer.host_batch
+                emit(f"progress: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} "
+                     f"loss {s[0] / seen:.4f} accuracy {s[1] / seen:.4f} lr {lr:.5f}")
+        mx.nd.waitall()
+        elapsed = time.perf_counter() - tic
+        s = sum(r.stats.asnumpy() for r in trainer.replicas)
+        seen = max(1, (steps - first) * trainer.host_batch)
+        val_loss, val_acc, _ = trainer.evaluate(val_x, val.labels)
+        values = {"epoch": epoch + 1, "train_loss": float(s[0] / seen), "train_accuracy": float(s[1] / seen),
+                  "validation_loss": val_loss, "validation_accuracy": val_acc,
+                  "images_per_sec": seen / max(elapsed, 1e-9)}
+        result.history.append(values)
+        emit(metrics.format_line(values, host if kvstore is not None else None))
+        save(epoch + 1, 0)
+    return trainer, result
