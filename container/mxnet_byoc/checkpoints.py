@@ -82,11 +82,15 @@ def _prune(directory: Path, host: str) -> None:
                 pass
 
 
-def load_latest(directory: Path, host: str, expect: dict[str, Any]) -> Checkpoint | None:
-    """The newest checkpoint of `host` whose arrays load and whose `expect` fields match; None if none."""
+def load_latest(directory: Path, host: str, expect: dict[str, Any],
+                at_most: tuple[int, int] | None = None) -> Checkpoint | None:
+    """The newest checkpoint of `host` (at or before `at_most`) whose arrays load and whose `expect`
+    fields match; None if none."""
     import mxnet as mx
 
     for epoch, step, meta in _listing(Path(directory), host):
+        if at_most is not None and (epoch, step) > at_most:
+            continue
         try:
             info = json.loads(meta.read_text())
             arrays = mx.nd.load(str(meta.with_suffix(".params")))

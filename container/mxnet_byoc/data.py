@@ -31,6 +31,7 @@ IDX_TYPES = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Files SageMaker users often keep beside their data; anything else at a channel's top level must be IDX.
 IGNORED_SUFFIXES = (".md", ".txt", ".json", ".csv", ".sums")
+IGNORED_NAME_ENDINGS = ("sums",)  # SHA256SUMS, MD5SUMS: checksum lists have no suffix
 
 
 class DataError(Exception):
@@ -89,7 +90,7 @@ def _idx_files(channel_dir: Path) -> list[Path]:
     for path in sorted(channel_dir.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
-        if path.suffix.lower() in IGNORED_SUFFIXES:
+        if path.suffix.lower() in IGNORED_SUFFIXES or path.name.lower().endswith(IGNORED_NAME_ENDINGS):
             continue
         files.append(path)
     return files
@@ -231,8 +232,10 @@ def split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
             Dataset(data.images[val], data.labels[val], data.classes))
 
 
-def shard(data: Dataset, rank: int, count: int) -> Dataset:
-    """Every `count`-th record from `rank`: each host of a FullyReplicated channel trains on its own part."""
+def shard(data: Dataset, rank: int, count: int, seed: int) -> Dataset:
+    """Host `rank`'s share of a FullyReplicated channel: every `count`-th record of a seeded permutation
+    (files such as MNIST's are ordered by writer, so plain strides give shards of unequal difficulty)."""
     if count <= 1:
         return data
-    return Dataset(data.images[rank::count], data.labels[rank::count], data.classes)
+    part = np.sort(np.random.RandomState(seed).permutation(len(data))[rank::count])
+    return Dataset(data.images[part], data.labels[part], data.classes)

@@ -100,28 +100,74 @@ def _confusion(labels, predictions, classes: list[Any]) -> dict[str, Any]:
     return {"classes": classes, "rows": "true label", "columns": "predicted label", "matrix": matrix.tolist()}
 
 
+def _abort(paths: contract.Paths, reason: str, servers: Any) -> None:
+    """From the watchdog thread: the main thread may be stuck in a push that will never return."""
+    contract.write_failure(paths, reason)
+    print(f"ERROR: {reason}", file=sys.stderr, flush=True)
+    for _, proc in servers.procs:
+        proc.kill()
+    os._exit(EXIT_FAILED)
+
+
 def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
     """Train and write artifacts; returns the final metrics."""
     started = time.time()
     _configure_runtime(env)
-    if env.resources.is_master:
+    res, hps = env.resources, env.hyperparameters
+    if res.is_master:
         _check_writable(env.paths.model, "model")
         _check_writable(env.paths.output_data, "output data")
     _check_writable(env.checkpoint_dir, "checkpoint")
+    servers = watchdog = kvstore = None
+    if res.distributed:
+        from . import distributed
 
+        cluster = distributed.Cluster(res, distributed.resolve(res.hosts, hps["peer_timeout"]), hps["ps_port"])
+        servers = distributed.ParameterServers(cluster)
+        servers.start()
+        watchdog = distributed.Watchdog(cluster, servers, hps["peer_timeout"],
+                                        on_failure=lambda reason: _abort(env.paths, reason, servers))
+        watchdog.start()
+    try:
+        import mxnet as mx
+
+        if servers is not None:
+            kvstore = mx.kv.create("dist_sync")
+            print(f"joined cluster: kvstore=dist_sync rank={kvstore.rank} workers={kvstore.num_workers} "
+                  f"servers={len(res.hosts)} host={res.current_host} hosts={','.join(res.hosts)} "
+                  f"scheduler={cluster.root}:{cluster.port}", flush=True)
+        final = _train(env, should_stop, kvstore, started)
+        if kvstore is not None:
+            # SDK local mode shares one model folder and stops every container when the first exits:
+            # nobody leaves before the first host has written the model.
+            kvstore._barrier()
+        return final
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+        if kvstore is not None:
+            del kvstore  # finalises ps-lite, which lets this host's server and the scheduler exit
+        if servers is not None:
+            servers.stop()
+
+
+def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[str, Any]:
     import mxnet as mx
     import numpy as np
 
-    from . import artifacts, metrics, training
+    from . import artifacts, data, metrics, training
 
+    res = env.resources
     contexts = _contexts(env)
     train, val, val_name = _load_data(env)
+    if kvstore is not None and env.training.distribution == "FullyReplicated":
+        train = data.shard(train, kvstore.rank, kvstore.num_workers, env.hyperparameters["seed"])
     cfg = training.Config.from_hyperparameters(env.hyperparameters)
     log.info("training %s on %d images %s, validating on %d (%s), classes %s, devices %s",
              cfg.model, len(train), train.input_shape, len(val), val_name, train.classes, contexts)
     trainer, result = training.fit(
-        cfg, train, val, contexts,
-        checkpoint_dir=env.checkpoint_dir, host=env.resources.current_host,
+        cfg, train, val, contexts, kvstore=kvstore,
+        checkpoint_dir=env.checkpoint_dir, host=res.current_host,
         should_stop=should_stop, emit=lambda line: print(line, flush=True),
     )
     val_x, _ = training._device_data(val, contexts[0])
@@ -129,10 +175,10 @@ def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
     final = {**result.final, "validation_loss": val_loss, "validation_accuracy": val_acc}
     if env.validation is not None and env.validation.name == "test":
         final["test_accuracy"] = val_acc
-        print(metrics.format_line({"test_accuracy": val_acc}), flush=True)
+        print(metrics.format_line({"test_accuracy": val_acc}, res.current_host if kvstore else None), flush=True)
     final["wall_time_sec"] = round(time.time() - started, 3)
     final["validation_channel"] = val_name
-    if env.resources.is_master:
+    if res.is_master:
         symbol, args, aux = trainer.export()
         artifacts.save(symbol, args, aux, env.paths.model, train.input_shape, train.classes, {
             "model": cfg.model,
@@ -140,7 +186,7 @@ def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
             "metrics": final,
             "history": result.history,
             "num_parameters": trainer.num_params,
-            "training": {"job_name": env.job_name, "hosts": env.resources.hosts,
+            "training": {"job_name": env.job_name, "hosts": res.hosts,
                          "devices": [str(c) for c in contexts], "train_records": len(train),
                          "validation_records": len(val)},
             "versions": {"mxnet_byoc": __version__, "mxnet": mx.__version__, "numpy": np.__version__,

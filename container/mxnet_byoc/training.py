@@ -21,7 +21,7 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
-from . import checkpoints, metrics, models
+from . import checkpoints, distributed, host_ops, metrics, models
 from .contract import Stopped, TrainingError
 from .data import Dataset
 
@@ -102,11 +102,14 @@ def learning_rate(cfg: Config, update: int, total: int) -> float:
 
 
 class Optimizer:
-    """One update op over the flat weight buffer: the cheapest update MXNet offers per step."""
+    """One update op over the flat weight buffer: the cheapest update MXNet offers per step.
+
+    With host access (CPU, naive engine) SGD runs as one or two BLAS axpby passes instead.
+    """
 
     BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
-    def __init__(self, cfg: Config, weights: mx.nd.NDArray, rescale: float):
+    def __init__(self, cfg: Config, weights: mx.nd.NDArray, rescale: float, host: bool = False):
         self.cfg, self.weights, self.rescale = cfg, weights, rescale
         ctx, n = weights.context, weights.shape[0]
         if cfg.optimizer == "adam":
@@ -115,10 +118,23 @@ class Optimizer:
             self.states = [mx.nd.zeros(n, ctx=ctx)]
         else:
             self.states = []
+        self.host = host and cfg.optimizer == "sgd"
+        if self.host:
+            self._w = host_ops.view(weights)
+            self._mom = host_ops.view(self.states[0]) if self.states else None
 
-    def update(self, grads: mx.nd.NDArray, lr: float, t: int) -> None:
+    def update(self, grads: mx.nd.NDArray, lr: float, t: int, host_grads=None) -> None:
         cfg, w = self.cfg, self.weights
-        if cfg.optimizer == "adam":
+        if self.host and host_grads is not None:
+            # MXNet's sgd(_mom)_update semantics: g' = rescale * g + wd * w; mom = m * mom - lr * g'; w += mom
+            if self._mom is None:
+                host_ops.axpby(-lr * self.rescale, host_grads, 1.0 - lr * cfg.wd, self._w)
+            else:
+                host_ops.axpby(-lr * self.rescale, host_grads, cfg.momentum, self._mom)
+                if cfg.wd:
+                    host_ops.axpby(-lr * cfg.wd, self._w, 1.0, self._mom)
+                host_ops.axpby(1.0, self._mom, 1.0, self._w)
+        elif cfg.optimizer == "adam":
             # MXNet's adam_update leaves bias correction to the caller (as Gluon's Adam does).
             lr = lr * math.sqrt(1 - self.BETA2 ** t) / (1 - self.BETA1 ** t)
             mx.nd.adam_update(w, grads, self.states[0], self.states[1], lr=lr, wd=cfg.wd,
@@ -148,7 +164,7 @@ class Replica:
     """One device's executor, bound to views of its flat weight and gradient buffers."""
 
     def __init__(self, symbol: mx.sym.Symbol, ctx: mx.Context, batch: int, input_shape: tuple[int, ...],
-                 layout: list[tuple[str, tuple[int, ...], int, int]], aux: dict[str, mx.nd.NDArray]):
+                 layout: list[tuple[str, tuple[int, ...], int, int]], aux: dict[str, mx.nd.NDArray], host: bool):
         size = layout[-1][3] if layout else 0
         self.ctx = ctx
         self.weights = mx.nd.zeros(size, ctx=ctx)
@@ -163,16 +179,26 @@ class Replica:
         self.exe = symbol.bind(ctx, args=args, args_grad=grads, grad_req=req, aux_states=self.aux)
         self.data, self.label = args["data"], args["label"]
         self.stats = mx.nd.zeros(2, ctx=ctx)
-        self._stats_out = None
+        self.host = host
+        if host:
+            self._fast = host_ops.Executor(self.exe)
+            self._data, self._label = host_ops.view(self.data), host_ops.view(self.label)
+            self._stats, self._stats_out = host_ops.view(self.stats), host_ops.view(self.exe.outputs[1])
+            self.host_weights, self.host_grads = host_ops.view(self.weights), host_ops.view(self.grads)
 
-    def step(self, x: mx.nd.NDArray, y: mx.nd.NDArray) -> None:
+    def step(self, x, y) -> None:
+        """x, y: NDArray views of one batch, or numpy views in host mode."""
+        if self.host:
+            np.copyto(self._data, x)
+            np.copyto(self._label, y)
+            self._fast.forward_backward()
+            self._stats += self._stats_out
+            return
         x.copyto(self.data)
         y.copyto(self.label)
         self.exe.forward(is_train=True)
         self.exe.backward()
-        if self._stats_out is None:
-            self._stats_out = self.exe.outputs[1]
-        self.stats += self._stats_out
+        self.stats += self.exe.outputs[1]
 
 
 def _device_data(data: Dataset, ctx: mx.Context) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
@@ -226,7 +252,10 @@ class Trainer:
             offset += size
         self.num_params = offset
         aux = {k: params[k].data() for k in self.aux_names}
-        self.replicas = [Replica(symbol, ctx, self.device_batch, input_shape, self.layout, aux) for ctx in contexts]
+        # Host mode needs synchronous execution and CPU memory; parameter servers need the threaded engine.
+        self.host = host_ops.available(contexts) and kvstore is None
+        self.replicas = [Replica(symbol, ctx, self.device_batch, input_shape, self.layout, aux, self.host)
+                         for ctx in contexts]
         main = self.replicas[0]
         for name, _, start, end in self.layout:
             main.weights[start:end] = params[name].data().reshape(-1).as_in_context(main.ctx)
@@ -237,13 +266,16 @@ class Trainer:
             kvstore.pull(0, out=main.weights)
             kvstore.init(1, mx.nd.zeros(self.num_params, ctx=main.ctx))
         self._broadcast()
-        self.optimizer = Optimizer(cfg, main.weights, rescale=1.0 / cfg.batch_size)
+        self.optimizer = Optimizer(cfg, main.weights, rescale=1.0 / cfg.batch_size, host=self.host)
         self.updates = 0
 
     # -- state ------------------------------------------------------------------------------------
     def _broadcast(self) -> None:
         for r in self.replicas[1:]:
-            self.replicas[0].weights.copyto(r.weights)
+            if self.host:
+                np.copyto(r.host_weights, self.replicas[0].host_weights)
+            else:
+                self.replicas[0].weights.copyto(r.weights)
 
     def state_arrays(self) -> dict[str, mx.nd.NDArray]:
         main = self.replicas[0]
@@ -274,12 +306,15 @@ class Trainer:
             replica.step(x, y)
         main = self.replicas[0]
         for r in self.replicas[1:]:
-            main.grads += r.grads.as_in_context(main.ctx)
+            if self.host:
+                host_ops.axpby(1.0, r.host_grads, 1.0, main.host_grads)
+            else:
+                main.grads += r.grads.as_in_context(main.ctx)
         if self.kvstore is not None:
             self.kvstore.push(1, main.grads)
             self.kvstore.pull(1, out=main.grads)
         self.updates += 1
-        self.optimizer.update(main.grads, lr, self.updates)
+        self.optimizer.update(main.grads, lr, self.updates, main.host_grads if self.host else None)
         self._broadcast()
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -317,6 +352,9 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
     """Train, printing one metric line per epoch; resume from and write checkpoints when a folder is given."""
     trainer = Trainer(cfg, train.input_shape, len(train.classes), contexts, kvstore)
     steps = len(train) // trainer.host_batch
+    if kvstore is not None:
+        # dist_sync hangs when workers run different numbers of steps (apache/mxnet#7888).
+        steps = distributed.agree_min(kvstore, steps)
     if steps == 0:
         raise TrainingError(f"{len(train)} training records are fewer than one batch of {trainer.host_batch}")
     total = steps * cfg.epochs
@@ -326,6 +364,15 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
     start_epoch, start_step = 0, 0
     if checkpoint_dir is not None:
         ckpt = checkpoints.load_latest(checkpoint_dir, host, identity)
+        if kvstore is not None:
+            # Every host must resume at the same position: the oldest newest checkpoint among them.
+            mine = ckpt.epoch * steps + ckpt.step if ckpt else 0
+            agreed = distributed.agree_min(kvstore, mine, key=98)
+            if agreed != mine:
+                ckpt = checkpoints.load_latest(checkpoint_dir, host, identity, at_most=divmod(agreed, steps))
+                if ckpt is None or ckpt.epoch * steps + ckpt.step != agreed:
+                    raise TrainingError(f"{host} has no checkpoint at the position the other hosts resume from "
+                                        f"(epoch {agreed // steps} step {agreed % steps}); clear the checkpoints")
         if ckpt is not None:
             trainer.load_state(ckpt.arrays)
             trainer.updates = ckpt.updates
@@ -346,16 +393,16 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
     b, nd = trainer.device_batch, len(contexts)
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.RandomState(cfg.seed * 1000 + epoch)
-        # Every host draws the same permutation and takes its own slice of each global batch, so
-        # several hosts on one FullyReplicated channel never repeat each other's samples.
         order = rng.permutation(len(train))[: steps * trainer.host_batch]
-        views = []
+        views, keep_alive = [], []
         for x_all, y_all in device_data:
             idx = mx.nd.array(order, ctx=x_all.context, dtype=np.int64)
             x = mx.nd.take(x_all, idx)
             if cfg.augment and cfg.model == "cnn":
                 x = _shifted(x, rng)
-            views.append((x.reshape((steps, nd, b, *x.shape[1:])), mx.nd.take(y_all, idx).reshape((steps, nd, b))))
+            x, y = x.reshape((steps, nd, b, *x.shape[1:])), mx.nd.take(y_all, idx).reshape((steps, nd, b))
+            keep_alive.append((x, y))
+            views.append((host_ops.view(x), host_ops.view(y)) if trainer.host else (x, y))
         for r in trainer.replicas:
             r.stats[:] = 0
         first = start_step if epoch == start_epoch else 0
