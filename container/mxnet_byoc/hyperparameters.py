@@ -69,7 +69,7 @@ SPECS: tuple[Spec, ...] = (
          "(the MXNET_BYOC_CONTEXTS environment variable has the same effect and wins)"),
     Spec("ps_port", int, 9000, "port of the parameter-server scheduler on the first host (several hosts only)",
          min=1024, max=65535),
-    Spec("peer_timeout", int, 120, "seconds to wait for other hosts to resolve or answer before failing",
+    Spec("peer_timeout", int, 60, "seconds a peer host may fail to resolve or to answer heartbeats (on `ps_port + 1`) before the job fails",
          min=1, max=86400),
 )
 
@@ -93,6 +93,9 @@ def _decode(raw: Any) -> Any:
 
 def _convert(spec: Spec, raw: Any) -> Any:
     value = _decode(raw)
+    if spec.type in (int, float) and isinstance(value, str):
+        # A framework estimator given the string "10" JSON-encodes it as "\"10\"": one more level.
+        value = _decode(value)
     bad = HyperparameterError(
         f"hyperparameter {spec.name!r}: value {raw!r} is not accepted; expected {spec.accepted()}"
     )
@@ -150,3 +153,16 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise HyperparameterError(f"unknown hyperparameter {key!r} (value {raw_value!r}); known: {known}")
         values[name] = _convert(spec, raw_value)
     return values
+
+
+def markdown_table() -> str:
+    """The hyperparameter table of README.md, generated so that it cannot drift from SPECS."""
+    rows = ["| name | default | accepted | meaning |", "| --- | --- | --- | --- |"]
+    for s in SPECS:
+        default = json.dumps(s.default) if not isinstance(s.default, str) else (f"`{s.default}`" if s.default else "(empty)")
+        rows.append(f"| `{s.name}` | {default} | {s.accepted()} | {s.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

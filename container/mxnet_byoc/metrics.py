@@ -16,12 +16,9 @@ EPOCH_METRICS = (
 )
 FINAL_METRICS = ("test_accuracy",)
 
-_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-
-
 def regex(name: str) -> str:
-    # Anchored on "name=" after a separator so that "train_accuracy" never matches "validation_accuracy".
-    return rf"(?:^|[\s;]){name}={_NUMBER};"
+    # \b keeps "train_accuracy" from matching inside another name; no name here ends with another.
+    return rf"\b{name}=([-+0-9.eE]+);"
 
 
 def metric_definitions() -> list[dict[str, str]]:
