@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = ROOT / "container"
 sys.path.insert(0, str(CONTAINER))
+sys.path.insert(0, str(ROOT / "tests"))  # shared helpers such as jobkit (a PyPI package squats on `tests`)
 
 
 def mnist_path() -> Path:
