@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,25 +74,40 @@ def save(
     import mxnet as mx
 
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    prefix = str(model_dir / PREFIX)
-    # Files are written under temporary names first, so a reader never sees half a model.
-    symbol.save(f"{prefix}-symbol.json.tmp")
-    os.replace(f"{prefix}-symbol.json.tmp", model_dir / SYMBOL_FILE)
-    params = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
-    params.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
-    mx.nd.save(f"{prefix}.params.tmp", params)
-    os.replace(f"{prefix}.params.tmp", model_dir / PARAMS_FILE)
-    write_json_atomic(model_dir / SHAPES_FILE, [{"name": INPUT_NAME, "shape": [1, *input_shape]}])
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "input_name": INPUT_NAME,
-        "input_shape": list(input_shape),
-        "classes": list(classes),
-        "preprocessing": PREPROCESSING,
-        **metadata,
-    }
-    write_json_atomic(model_dir / METADATA_FILE, meta)
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        prefix = str(model_dir / PREFIX)
+        # Files are written under temporary names first, so a reader never sees half a model.
+        symbol.save(f"{prefix}-symbol.json.tmp")
+        os.replace(f"{prefix}-symbol.json.tmp", model_dir / SYMBOL_FILE)
+        params = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
+        params.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
+        mx.nd.save(f"{prefix}.params.tmp", params)
+        os.replace(f"{prefix}.params.tmp", model_dir / PARAMS_FILE)
+        write_json_atomic(model_dir / SHAPES_FILE, [{"name": INPUT_NAME, "shape": [1, *input_shape]}])
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "input_name": INPUT_NAME,
+            "input_shape": list(input_shape),
+            "classes": list(classes),
+            "preprocessing": PREPROCESSING,
+            **metadata,
+        }
+        write_json_atomic(model_dir / METADATA_FILE, meta)
+    except (OSError, mx.base.MXNetError) as e:
+        raise ModelDirError(f"cannot write the model to {model_dir}: {_why(e, model_dir)}") from e
+
+
+def _why(exc: Exception, directory: Path) -> str:
+    """MXNet's file errors say little; name the usual cause (a full disk) when it is the cause."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    try:
+        if shutil.disk_usage(directory).free < 16 * 1024 * 1024:
+            return "no space left on device"
+    except OSError:
+        pass
+    return str(exc).strip().splitlines()[0][:300]
 
 
 def load_info(model_dir: Path) -> ModelInfo:

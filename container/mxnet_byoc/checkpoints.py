@@ -57,7 +57,8 @@ def save(directory: Path, host: str, ckpt: Checkpoint) -> Path:
         meta_tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
         os.replace(meta_tmp, directory / f"{stem}.json")
     except (OSError, mx.base.MXNetError) as e:
-        raise CheckpointError(f"cannot write a checkpoint to {directory}: {e}") from e
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:300]
+        raise CheckpointError(f"cannot write a checkpoint to {directory}: {why}") from e
     _prune(directory, host)
     return directory / f"{stem}.json"
 

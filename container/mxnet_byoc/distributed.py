@@ -73,6 +73,9 @@ class Cluster:
             "DMLC_NUM_WORKER": str(self.size),
             "DMLC_NUM_SERVER": str(self.size),
             "DMLC_NODE_HOST": self.me,
+            # The gradient travels as one flat key; slicing keys above 64k values spreads it over every
+            # server instead of loading the one that owns the key (workers and servers must agree).
+            "MXNET_KVSTORE_BIGARRAY_BOUND": "65536",
         }
         if self.resources.network_interface:
             env["DMLC_INTERFACE"] = self.resources.network_interface

@@ -69,7 +69,8 @@ SPECS: tuple[Spec, ...] = (
          "(the MXNET_BYOC_CONTEXTS environment variable has the same effect and wins)"),
     Spec("ps_port", int, 9000, "port of the parameter-server scheduler on the first host (several hosts only)",
          min=1024, max=65535),
-    Spec("peer_timeout", int, 60, "seconds a peer host may fail to resolve or to answer heartbeats (on `ps_port + 1`) before the job fails",
+    Spec("peer_timeout", int, 60,
+         "seconds a peer host may fail to resolve or to answer heartbeats (on `ps_port + 1`) before the job fails",
          min=1, max=86400),
 )
 
@@ -159,7 +160,10 @@ def markdown_table() -> str:
     """The hyperparameter table of README.md, generated so that it cannot drift from SPECS."""
     rows = ["| name | default | accepted | meaning |", "| --- | --- | --- | --- |"]
     for s in SPECS:
-        default = json.dumps(s.default) if not isinstance(s.default, str) else (f"`{s.default}`" if s.default else "(empty)")
+        if isinstance(s.default, str):
+            default = f"`{s.default}`" if s.default else "(empty)"
+        else:
+            default = json.dumps(s.default)
         rows.append(f"| `{s.name}` | {default} | {s.accepted()} | {s.help} |")
     return "\n".join(rows)
 

@@ -200,9 +200,10 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
 
 
 def _reason(exc: BaseException) -> str:
-    from . import checkpoints, data
+    from . import artifacts, checkpoints, data
 
-    known = (ContractError, TrainingError, HyperparameterError, data.DataError, checkpoints.CheckpointError)
+    known = (ContractError, TrainingError, HyperparameterError, data.DataError, checkpoints.CheckpointError,
+             artifacts.ModelDirError)
     if isinstance(exc, known):
         return str(exc)
     if isinstance(exc, Stopped):
@@ -210,7 +211,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory: use a larger instance or a smaller batch_size"
     if isinstance(exc, OSError) and exc.filename:
-        return f"cannot access {exc.filename}: {exc.strerror}"
+        return f"{exc.strerror}: {exc.filename}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"unexpected error {type(exc).__name__}: {first}"[:1000]
 
