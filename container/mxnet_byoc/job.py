@@ -34,8 +34,10 @@ class _StopFlag:
         return self.stopped
 
     def handle(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM received: stopping after the current step and writing a checkpoint")
         self.stopped = True
+        # Not through logging: the signal can arrive while the main thread is inside a write to stdout,
+        # and a second write to that stream from here fails as a "reentrant call".
+        os.write(2, b"WARNING: SIGTERM received: stopping after the current step and writing a checkpoint\n")
 
 
 def _configure_runtime(env: TrainingEnv) -> None:
