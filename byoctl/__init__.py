@@ -1,0 +1,1 @@
+"""Command-line tools around the image: SageMaker jobs and endpoints, and the demo."""
