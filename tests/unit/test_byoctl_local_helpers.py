@@ -1,0 +1,53 @@
+"""byoctl's pieces that need no AWS: metric lines as training prints them, payload files."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from byoctl import payloads, progress
+from mxnet_byoc import metrics
+
+
+def test_metric_tee_passes_output_through_and_keeps_the_latest_metrics():
+    out = io.StringIO()
+    tee = progress.MetricTee(out, progress.MetricParser())
+    line = metrics.format_line({"epoch": 2, "train_loss": 0.05, "train_accuracy": 0.98, "validation_loss": 0.04,
+                                "validation_accuracy": 0.99, "images_per_sec": 5400.0}, host="algo-1")
+    text = f"algo-1-abcde | progress: step 100\nalgo-1-abcde | {line}\nalgo-1-abcde | test_accuracy=0.991200;\n"
+    # Local mode writes whatever readline() returned: lines may arrive in pieces.
+    for chunk in (text[:30], text[30:77], text[77:]):
+        tee.write(chunk)
+    assert out.getvalue() == text
+    assert tee.parser.latest == {"epoch": 2.0, "train_loss": 0.05, "train_accuracy": 0.98, "validation_loss": 0.04,
+                                 "validation_accuracy": 0.99, "images_per_sec": 5400.0, "test_accuracy": 0.9912}
+
+
+def test_print_final_prefers_sagemakers_final_metrics():
+    out = io.StringIO()
+    job = {"TrainingJobName": "j", "FinalMetricDataList": [{"MetricName": "test_accuracy", "Value": 0.99}],
+           "ModelArtifacts": {"S3ModelArtifacts": "s3://b/j/output/model.tar.gz"}}
+    progress.print_final(job, {"test_accuracy": 0.5}, out)
+    assert out.getvalue() == ("[j] final metrics: test_accuracy=0.9900\n"
+                              "[j] model artifacts: s3://b/j/output/model.tar.gz\n")
+
+
+@pytest.mark.parametrize("name,content_type", [("a.PNG", "image/png"), ("a.jpeg", "image/jpeg"),
+                                               ("a.npy", "application/x-npy"), ("a.jsonl", "application/jsonlines"),
+                                               ("a.csv", "text/csv")])
+def test_payload_content_type_from_the_extension(tmp_path, name, content_type):
+    (tmp_path / name).write_bytes(b"x")
+    assert payloads.read(tmp_path / name) == (b"x", content_type)
+    assert payloads.read(tmp_path / name, "text/plain") == (b"x", "text/plain")
+
+
+def test_payload_mistakes(tmp_path):
+    with pytest.raises(payloads.PayloadError, match="is not a file"):
+        payloads.read(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(payloads.PayloadError, match="is empty"):
+        payloads.read(tmp_path / "empty.png")
+    (tmp_path / "big.npy").write_bytes(b"0" * (payloads.MAX_REQUEST_BYTES + 1))
+    with pytest.raises(payloads.PayloadError, match="use `byoctl transform`"):
+        payloads.read(tmp_path / "big.npy")
