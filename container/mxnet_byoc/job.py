@@ -212,6 +212,9 @@ def _reason(exc: BaseException) -> str:
         return f"Training job stopped: {exc}"
     if isinstance(exc, MemoryError):
         return "out of memory: use a larger instance or a smaller batch_size"
+    if isinstance(exc, OSError) and "libcuda.so" in str(exc):
+        return ("the GPU image needs the NVIDIA driver (libcuda.so.1 was not found): run it on a GPU instance, "
+                "or locally with `docker run --gpus all`; use the CPU image on machines without a GPU")
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror}: {exc.filename}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

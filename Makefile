@@ -1,0 +1,76 @@
+# mxnet-byoc: every entry point a developer or CI needs. Each target installs what it needs, so a
+# fresh Debian machine (root, apt and PyPI reachable) runs any of them directly.
+#
+#   make test        the test command: venv, Docker engine, base image, both images, then pytest
+#   make demo        train and serve MNIST in the CPU image (or the venv where no Docker engine runs)
+#   make image-cpu   build $(CPU_IMAGE)          make image-gpu   build $(GPU_IMAGE)
+#   make bench       print the benchmarks' figures
+#   make lint        ruff, and shellcheck on the shell scripts
+#   make locks       regenerate docker/requirements-*.lock after changing the pins they come from
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+CPU_IMAGE ?= mxnet-byoc:cpu
+GPU_IMAGE ?= mxnet-byoc:gpu
+BASE_IMAGE ?= debian:bookworm-slim
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+export CPU_IMAGE GPU_IMAGE BASE_IMAGE
+
+# A TLS-inspecting proxy's CA for pip inside `docker build` (used in the builder stage only, see
+# docker/ca/README.md). Defaults to pip's own CA setting on this machine, when it has one; give
+# EXTRA_CA=/path/to/ca.pem to choose another, or EXTRA_CA= to use none.
+EXTRA_CA ?= $(or $(PIP_CERT),$(shell sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*//p' /etc/pip.conf 2>/dev/null | head -n 1))
+
+DOCKER_BUILD := docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
+
+.PHONY: venv docker base-image extra-ca image-cpu image-gpu images test demo bench lint locks
+
+# The virtualenv, reinstalled when a requirements file changes (the stamp records the last install).
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-dev.txt docker/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+docker:
+	scripts/ensure-docker.sh
+
+base-image: docker
+	BASE_IMAGE=$(BASE_IMAGE) scripts/make-base-image.sh
+
+extra-ca:
+	rm -f docker/ca/extra-ca.pem
+	if [ -n "$(EXTRA_CA)" ]; then cp "$(EXTRA_CA)" docker/ca/extra-ca.pem; fi
+
+image-cpu: base-image extra-ca
+	$(DOCKER_BUILD) -f docker/Dockerfile.cpu -t $(CPU_IMAGE) .
+
+image-gpu: base-image extra-ca
+	$(DOCKER_BUILD) -f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
+
+images: image-cpu image-gpu
+
+# pytest's exit code 5 (no test collected) is a failure here, as it is for CI.
+test: venv images
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m byoctl.demo $(DEMO_ARGS)
+
+bench: venv
+	$(PY) bench/train_bench.py
+	$(PY) bench/serve_bench.py
+	$(PY) bench/image_bench.py
+
+lint: venv
+	$(PY) -m ruff check .
+	command -v shellcheck >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }
+	shellcheck scripts/*.sh .ci/run build_and_push.sh
+
+locks: venv
+	scripts/lock-requirements.sh

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Image figures: build times (cold, cached, after a code change) and sizes of the CPU and GPU images.
+
+    .venv/bin/python bench/image_bench.py [--flavour cpu gpu] [--skip-base]
+
+- base: `scripts/make-base-image.sh` from nothing (debootstrap from the Debian mirror, then import),
+  under a throwaway tag and cache folder, so the real debian:bookworm-slim is left alone;
+- cold: `docker build --no-cache` (every layer rebuilt, every wheel downloaded again; the base image
+  is there, as it is after `make base-image`);
+- cached: the same build again (what `make test` costs when nothing changed);
+- code change: one file under container/ changed (the usual edit-and-rebuild loop).
+Builds use throwaway tags (mxnet-byoc-bench:*), removed at the end. The machine is shared: expect ±20%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:bookworm-slim")
+
+
+def run(cmd: list[str], **kw) -> float:
+    started = time.monotonic()
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}")
+    return time.monotonic() - started
+
+
+def size_mb(image: str) -> float:
+    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out) / 1e6
+
+
+def build(flavour: str, tag: str, context: Path, no_cache: bool = False) -> float:
+    cmd = ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+           "-f", str(context / "docker" / f"Dockerfile.{flavour}"), "-t", tag, str(context)]
+    if no_cache:
+        cmd.insert(2, "--no-cache")
+    return run(cmd)
+
+
+def bench_base() -> dict[str, float]:
+    tag = "mxnet-byoc-bench/debian:bookworm-slim"
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as cache:
+        env = {**os.environ, "BASE_IMAGE": tag, "BASE_CACHE_DIR": cache, "BASE_IMAGE_PULL": "0"}
+        seconds = run([str(ROOT / "scripts" / "make-base-image.sh")], env=env)
+        reimport = 0.0
+        subprocess.run(["docker", "rmi", tag], capture_output=True)
+        reimport = run([str(ROOT / "scripts" / "make-base-image.sh")], env=env)  # from the cached tarball
+        size = size_mb(tag)
+    subprocess.run(["docker", "rmi", tag], capture_output=True)
+    return {"debootstrap_and_import_s": seconds, "import_from_cache_s": reimport, "size_mb": size}
+
+
+def bench_flavour(flavour: str) -> dict[str, float]:
+    tag = f"mxnet-byoc-bench:{flavour}"
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as tmp:
+        context = Path(tmp)
+        shutil.copytree(ROOT / "docker", context / "docker")
+        shutil.copytree(ROOT / "container", context / "container",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(ROOT / ".dockerignore", context / ".dockerignore")
+        figures = {"cold_s": build(flavour, tag, context, no_cache=True)}
+        figures["cached_s"] = build(flavour, tag, context)
+        with open(context / "container" / "mxnet_byoc" / "__init__.py", "a") as f:
+            f.write("# a change\n")
+        figures["code_change_s"] = build(flavour, tag, context)
+        figures["size_mb"] = size_mb(tag)
+    subprocess.run(["docker", "rmi", tag], capture_output=True)
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--flavour", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
+    p.add_argument("--skip-base", action="store_true")
+    args = p.parse_args()
+    run([str(ROOT / "scripts" / "ensure-docker.sh")])
+    run([str(ROOT / "scripts" / "make-base-image.sh")])
+    run(["make", "-C", str(ROOT), "extra-ca"])  # the proxy CA, as `make image-*` would use it
+    results: dict[str, dict[str, float]] = {}
+    if not args.skip_base:
+        results["base"] = bench_base()
+        print(f"base image: debootstrap + import {results['base']['debootstrap_and_import_s']:.0f} s, "
+              f"import from the cached tarball {results['base']['import_from_cache_s']:.1f} s, "
+              f"{results['base']['size_mb']:.0f} MB", flush=True)
+    for flavour in args.flavour:
+        f = results[flavour] = bench_flavour(flavour)
+        print(f"{flavour} image: cold build {f['cold_s']:.0f} s, cached {f['cached_s']:.1f} s, "
+              f"after a code change {f['code_change_s']:.1f} s, {f['size_mb']:.0f} MB", flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
