@@ -163,7 +163,8 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
     contexts = _contexts(env)
     train, val, val_name = _load_data(env)
     if kvstore is not None and env.training.distribution == "FullyReplicated":
-        train = data.shard(train, kvstore.rank, kvstore.num_workers, env.hyperparameters["seed"])
+        # By position in resourceconfig.json, not ps-lite's rank (IP order): a resumed job keeps its shard.
+        train = data.shard(train, res.rank, len(res.hosts), env.hyperparameters["seed"])
     cfg = training.Config.from_hyperparameters(env.hyperparameters)
     log.info("training %s on %d images %s, validating on %d (%s), classes %s, devices %s",
              cfg.model, len(train), train.input_shape, len(val), val_name, train.classes, contexts)
