@@ -48,7 +48,9 @@ def _configure_runtime(env: TrainingEnv) -> None:
     # cuts it. GPUs and parameter servers need the threaded engine's asynchrony.
     if not wants_gpu and not env.resources.distributed:
         os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    # One OpenMP thread per physical core (EC2's vCPUs are hyperthreads). On a 2-vCPU machine a second thread
+    # made each step 2-8x slower as soon as anything else ran (spinning barriers): see bench/train_bench.py.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2)))
     os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 

@@ -22,16 +22,19 @@ class MLP(gluon.HybridBlock):
 class CNN(gluon.HybridBlock):
     """16c5-BN-pool, 32c5-BN-pool, Dense 128: batch norm and early pooling buy accuracy per CPU second.
 
-    Padding keeps any input size valid; the dense layer's width is inferred from the data's shape.
+    Unpadded 5x5 convolutions (28 -> 24 -> 12 -> 8 -> 4 on MNIST) cost 2.7x less than padded ones for the
+    same accuracy; images under 16 pixels a side get padding so that something is left to pool. The dense
+    layer's width is inferred from the data's shape.
     """
 
-    def __init__(self, num_classes: int, **kwargs):
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...] = (1, 28, 28), **kwargs):
         super().__init__(**kwargs)
+        padding = 0 if min(input_shape[-2:]) >= 16 else 2
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="")
             for channels in (16, 32):
                 self.features.add(
-                    nn.Conv2D(channels, kernel_size=5, padding=2, use_bias=False),
+                    nn.Conv2D(channels, kernel_size=5, padding=padding, use_bias=False),
                     nn.BatchNorm(),
                     nn.Activation("relu"),
                     nn.MaxPool2D(pool_size=2, strides=2),
@@ -46,11 +49,11 @@ class CNN(gluon.HybridBlock):
         return self.output(x)
 
 
-def build(name: str, num_classes: int, hidden_units: int = 256) -> gluon.HybridBlock:
+def build(name: str, num_classes: int, input_shape: tuple[int, ...], hidden_units: int = 256) -> gluon.HybridBlock:
     if name == "mlp":
         net = MLP(num_classes, hidden_units, prefix="mlp_")
     elif name == "cnn":
-        net = CNN(num_classes, prefix="cnn_")
+        net = CNN(num_classes, input_shape, prefix="cnn_")
     else:
         raise ValueError(f"unknown model {name!r}")
     net.hybridize(static_alloc=True, static_shape=True)

@@ -236,7 +236,7 @@ class Trainer:
         self.host_batch = self.device_batch * len(contexts)
         mx.random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.net = models.build(cfg.model, num_classes, cfg.hidden_units)
+        self.net = models.build(cfg.model, num_classes, input_shape, cfg.hidden_units)
         self.net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=mx.cpu())
         self.net(mx.nd.zeros((1, *input_shape)))  # completes deferred shape inference
         self.logits = self.net(mx.sym.var("data"))
