@@ -1,0 +1,371 @@
+"""Hand-made hostile requests against the real server (gunicorn, 2 workers, a model from `container/train`):
+each gets a 4xx with a JSON error, within the server's timeouts, and the server stays healthy afterwards
+(every test ends by checking /ping, a real prediction, the same workers, and a log without 5xx or
+tracebacks). Raw sockets where an HTTP client would fix the request up."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from serve_process import Server
+
+WORKERS = 2
+TIMEOUT_S = 6  # SAGEMAKER_MODEL_SERVER_TIMEOUT: gunicorn kills a worker silent for this long
+READ_TIMEOUT_S = TIMEOUT_S / 2  # a connection with nothing to read for this long is given up (server_config)
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, trained_model_dir) -> Server:
+    base = tmp_path_factory.mktemp("hostile")
+    shutil.copytree(trained_model_dir, base / "model")
+    server = Server(base, base / "serve.log", SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+                    SAGEMAKER_MODEL_SERVER_TIMEOUT=str(TIMEOUT_S))
+    try:
+        server.wait_loaded()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def valid_body(digits) -> bytes:
+    return json.dumps({"instances": [digits[0][0].tolist()]}).encode()
+
+
+@pytest.fixture(autouse=True)
+def stays_healthy(request, valid_body):
+    """After each test: /ping 200, a correct answer, no worker replaced, no 5xx and no traceback logged."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("server")
+    yield
+    assert requests.get(server.url("/ping"), timeout=2).status_code == 200
+    response = requests.post(server.url("/invocations"), data=valid_body,
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1
+    log = server.output()
+    assert server.process.poll() is None
+    assert len(re.findall(r"Booting worker with pid", log)) == WORKERS, f"a worker was replaced:\n{log[-3000:]}"
+    assert "WORKER TIMEOUT" not in log and "Traceback" not in log, log[-3000:]
+    assert not re.search(r'" 5\d\d \d+ \d+us', log), "a request got a 5xx"
+
+
+def post(server: Server, body: bytes, content_type: str | None, timeout: float = 30) -> requests.Response:
+    headers = {"Content-Type": content_type} if content_type else {}
+    return requests.post(server.url("/invocations"), data=body, headers=headers, timeout=timeout)
+
+
+def client_error(response: requests.Response, status: int = 400) -> str:
+    """The JSON error message of a response that must have `status`."""
+    assert response.status_code == status, f"{response.status_code}: {response.text[:500]}"
+    assert response.headers["Content-Type"] == "application/json"
+    document = response.json()
+    assert set(document) == {"error"} and document["error"], document
+    return document["error"]
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def npy_with_header(header: str, data: bytes, version: int = 1) -> bytes:
+    """A .npy file (format 1.0, or 3.0: UTF-8 header, 4-byte length) with a hand-written header dictionary."""
+    text = header.encode("utf-8")
+    prefix = 10 if version == 1 else 12
+    text += b" " * (-(prefix + len(text) + 1) % 64) + b"\n"
+    length = struct.pack("<H", len(text)) if version == 1 else struct.pack("<I", len(text))
+    return b"\x93NUMPY" + bytes([version, 0]) + length + text + data
+
+
+def png_bomb(width: int, height: int, bit_depth: int) -> bytes:
+    """A greyscale PNG of `width` x `height` black pixels: tiny on the wire, huge once decoded."""
+    row = b"\0" * (1 + (width * bit_depth + 7) // 8)  # filter byte + packed pixels
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def jpeg_bomb(width: int, height: int) -> bytes:
+    """A small valid JPEG whose frame header claims `width` x `height`."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def pixels(values: str, count: int = 784) -> bytes:
+    return ",".join([values] * count).encode()
+
+
+def deep(levels: int) -> bytes:
+    return b'{"instances": ' + b"[" * levels + b"0" + b"]" * levels + b"}"
+
+
+ONE_IMAGE = np.zeros((1, 28, 28), dtype=np.float32)
+
+
+def with_value(value: float) -> np.ndarray:
+    image = ONE_IMAGE.copy()
+    image[0, 5, 5] = value
+    return image
+
+
+# (case, content type, body builder, fragment of the error message); bodies are built when a test runs.
+HOSTILE_BODIES = [
+    ("100k levels of [", "application/json", lambda: b"[" * 100_000, "not valid JSON"),
+    ("100k nested levels, balanced", "application/json", lambda: deep(100_000), "too deep"),
+    ("100k levels of [ in jsonlines", "application/jsonlines", lambda: b"[" * 100_000, "not valid JSON"),
+    ("100k levels of [ in csv", "text/csv", lambda: b"[" * 100_000, "expected 784"),
+    ("10^6 numbers as the list of images", "application/json",
+     lambda: json.dumps({"instances": [0] * 1_000_000}).encode(), "not a list of pixel values"),
+    ("one image of 10^6 numbers", "application/json",
+     lambda: json.dumps({"instances": [[0] * 1_000_000]}).encode(), "holds 1000000 values"),
+    ("10^6 one-pixel images", "application/json",
+     lambda: json.dumps({"instances": [[0]] * 1_000_000}).encode(), "holds 1 values"),
+    ("a jsonlines line of 10^6 numbers", "application/jsonlines",
+     lambda: json.dumps([0] * 1_000_000).encode(), "holds 1000000 values"),
+    ("a csv line of 10^6 numbers", "text/csv", lambda: pixels("0", 1_000_000), "holds 1000000 values"),
+    ("an npy of 10^6 numbers", "application/x-npy", lambda: npy(np.zeros(1_000_000, np.float32)), "wrong shape"),
+    ("NaN in json", "application/json", lambda: b'{"instances": [[' + pixels("NaN") + b"]]}", "not valid JSON"),
+    ("Infinity in json", "application/json", lambda: b'{"instances": [[' + pixels("Infinity") + b"]]}",
+     "not valid JSON"),
+    ("-Infinity in json", "application/json", lambda: b'{"instances": [[' + pixels("-Infinity") + b"]]}",
+     "not valid JSON"),
+    ("1e400 in json", "application/json", lambda: b'{"instances": [[' + pixels("1e400") + b"]]}", "not valid JSON"),
+    ("NaN in jsonlines", "application/jsonlines", lambda: b"[" + pixels("NaN") + b"]", "not valid JSON"),
+    ("nan in csv", "text/csv", lambda: pixels("nan"), "[0, 1] or [0, 255]"),
+    ("inf in csv", "text/csv", lambda: pixels("inf"), "[0, 1] or [0, 255]"),
+    ("1e40 in csv (inf as float32)", "text/csv", lambda: pixels("1e40"), "[0, 1] or [0, 255]"),
+    ("NaN in npy", "application/x-npy", lambda: npy(with_value(np.nan)), "[0, 1] or [0, 255]"),
+    ("inf in npy", "application/x-npy", lambda: npy(with_value(np.inf)), "[0, 1] or [0, 255]"),
+    ("-inf in npy", "application/x-npy", lambda: npy(with_value(-np.inf)), "[0, 1] or [0, 255]"),
+    ("2**62 in int64 npy", "application/x-npy", lambda: npy(np.full((1, 28, 28), 2**62, np.int64)),
+     "[0, 1] or [0, 255]"),
+    ("strings in json", "application/json", lambda: json.dumps({"instances": [["7"] * 784]}).encode(),
+     "other than numbers"),
+    ("booleans in json", "application/json", lambda: json.dumps({"instances": [[True] * 784]}).encode(),
+     "other than numbers"),
+    ("nulls in json", "application/json", lambda: json.dumps({"instances": [[None] * 784]}).encode(),
+     "other than numbers"),
+    ("objects in json", "application/json", lambda: json.dumps({"instances": [[{}] * 784]}).encode(),
+     "other than numbers"),
+    ("instances a string", "application/json", lambda: b'{"instances": "0,0,0"}', '"instances"'),
+    ("a bare list in json", "application/json", lambda: json.dumps([[0] * 784]).encode(), '"instances"'),
+    ("words in csv", "text/csv", lambda: pixels("x"), "not a number"),
+    ("empty csv fields", "text/csv", lambda: b"," * 783, "not a number"),
+    ("csv not UTF-8", "text/csv", lambda: b"\xff\xfe" * 400, "not UTF-8"),
+    ("json not UTF-8", "application/json", lambda: b'{"instances": "\xff"}', "not valid JSON"),
+    ("complex npy", "application/x-npy", lambda: npy(ONE_IMAGE.astype(np.complex64)), "not numeric"),
+    ("bool npy", "application/x-npy", lambda: npy(ONE_IMAGE.astype(bool)), "not numeric"),
+    ("unicode npy", "application/x-npy", lambda: npy(ONE_IMAGE.astype("U3")), "not numeric"),
+    ("bytes npy", "application/x-npy", lambda: npy(ONE_IMAGE.astype("S3")), "not numeric"),
+    ("structured npy", "application/x-npy", lambda: npy(np.zeros((1, 28, 28), [("a", "f4")])), "not numeric"),
+    ("datetime npy", "application/x-npy", lambda: npy(ONE_IMAGE.astype("M8[s]")), "not numeric"),
+    ("npy cut in its data", "application/x-npy", lambda: npy(np.zeros((10, 28, 28), np.uint8))[:4000],
+     "not a .npy array"),
+    ("npy cut in its header", "application/x-npy", lambda: npy(ONE_IMAGE)[:20], "not a .npy array"),
+    ("npy header declaring 292 GiB", "application/x-npy",
+     lambda: npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 28, 28), }", b"\0" * 64),
+     "not a .npy array"),
+    ("npy 3.0 header declaring 292 GiB", "application/x-npy",
+     lambda: npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 28, 28), }", b"\0" * 64,
+                             version=3),
+     "not a .npy array"),
+    ("npy header declaring a 2 GB element", "application/x-npy",
+     lambda: npy_with_header("{'descr': '|V2000000000', 'fortran_order': False, 'shape': (1,), }", b"\0" * 64),
+     "not a .npy array"),
+    ("npy header with a dtype of size 0", "application/x-npy",
+     lambda: npy_with_header("{'descr': '0f8', 'fortran_order': False, 'shape': (1, 28, 28), }", b"\0" * 64),
+     "not a .npy array"),
+    ("npy header with True as a dimension", "application/x-npy",
+     lambda: npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (784, True), }", b"\0" * 3136),
+     "not a .npy array"),
+    ("npy header with a negative shape", "application/x-npy",
+     lambda: npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 28, 28), }", b"\0" * 3136),
+     "not a .npy array"),
+    ("npy header cut mid-token", "application/x-npy",
+     lambda: npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 28", b""), "not a .npy array"),
+    ("npy header that is code", "application/x-npy", lambda: npy_with_header("__import__('os')", b""),
+     "not a .npy array"),
+    ("broken zip as npy", "application/x-npy", lambda: b"PK\x03\x04" + b"\0" * 100, "application/x-npy body"),
+    ("PNG bomb 30000x30000 (1-bit, 109 KB)", "image/png", lambda: png_bomb(30_000, 30_000, 1), "decompression bomb"),
+    ("PNG bomb 10000x10000 (8-bit, 98 KB)", "image/png", lambda: png_bomb(10_000, 10_000, 8), "decompression bomb"),
+    ("PNG 7000x7000 (49 Mpx, above the 40 Mpx limit)", "image/png", lambda: png_bomb(7_000, 7_000, 8),
+     "40000000 pixels"),
+    ("JPEG claiming 65000x65000", "image/jpeg", lambda: jpeg_bomb(65_000, 65_000), "decompression bomb"),
+    ("PNG cut short", "image/png", lambda: png_bomb(64, 64, 8)[:40], "not a readable PNG or JPEG"),
+    ("GIF as PNG", "image/png", lambda: b"GIF89a" + b"\0" * 64, "not a readable PNG or JPEG"),
+]
+for content_type in ("application/json", "application/jsonlines", "text/csv", "application/x-npy", "image/png",
+                     "image/jpeg"):
+    HOSTILE_BODIES.append((f"empty {content_type}", content_type, lambda: b"", "empty"))
+
+
+@pytest.mark.parametrize("content_type, build, fragment",
+                         [case[1:] for case in HOSTILE_BODIES], ids=[case[0] for case in HOSTILE_BODIES])
+def test_hostile_body_gets_400_with_a_json_reason(server, content_type, build, fragment):
+    body = build()
+    began = time.monotonic()
+    message = client_error(post(server, body, content_type))
+    assert fragment in message
+    assert time.monotonic() - began < READ_TIMEOUT_S
+
+
+def test_empty_body_without_content_type_is_415(server):
+    client_error(post(server, b"", None), 415)
+
+
+class Trap:
+    """Unpickling it creates the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_npy_is_never_unpickled(server, tmp_path):
+    marker = tmp_path / "unpickled"
+    pickle.loads(pickle.dumps(Trap(marker)))  # the trap works: unpickling it does create the file
+    assert marker.exists()
+    marker.unlink()
+    array = np.zeros((1, 28, 28), dtype=object)
+    array[0, 0, 0] = Trap(marker)
+    assert "pickl" in client_error(post(server, npy(array), "application/x-npy")).lower()
+    assert not marker.exists()
+
+
+def raw_request(server: Server, data: bytes, shut_write: bool = False, wait: float = 30) -> tuple[int | None, bytes]:
+    """Sends `data` as it is on a fresh connection; (status, body) of the answer, or (None, b"") when the
+    server closed the connection without one."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    if not received:
+        return None, b""
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), body
+
+
+def head(content_length: str | int, content_type: str = "application/json", extra: str = "") -> bytes:
+    return (f"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {content_length}\r\n{extra}\r\n").encode()
+
+
+def test_content_length_shorter_than_the_body(server, valid_body):
+    status, body = raw_request(server, head(len(valid_body) - 10) + valid_body)
+    assert status == 400 and b"not valid JSON" in body
+
+
+def test_content_length_longer_than_the_body_then_end_of_stream(server, valid_body):
+    status, body = raw_request(server, head(len(valid_body) + 10) + valid_body, shut_write=True)
+    assert status == 400 and f"ended after {len(valid_body)} of its {len(valid_body) + 10} bytes".encode() in body
+
+
+def test_content_length_longer_than_the_body_then_silence(server, valid_body):
+    began = time.monotonic()
+    status, body = raw_request(server, head(len(valid_body) + 10) + valid_body)
+    assert status == 408 and b"stalled" in body
+    assert time.monotonic() - began < TIMEOUT_S
+
+
+@pytest.mark.parametrize("content_length, extra", [("abc", ""), ("-5", ""), ("5", "Content-Length: 7\r\n"),
+                                                   ("5", "Transfer-Encoding: chunked\r\n")],
+                         ids=["not a number", "negative", "given twice", "with chunked encoding"])
+def test_invalid_content_length_is_400_in_json(server, valid_body, content_length, extra):
+    status, body = raw_request(server, head(content_length, extra=extra) + valid_body)
+    assert status == 400 and set(json.loads(body)) == {"error"}
+
+
+def test_slow_body_is_dropped_with_408_while_other_requests_are_served(server, valid_body):
+    answered = []
+
+    def others() -> None:
+        deadline = time.monotonic() + READ_TIMEOUT_S - 0.5
+        while time.monotonic() < deadline:
+            response = requests.post(server.url("/invocations"), data=valid_body,
+                                     headers={"Content-Type": "application/json"}, timeout=5)
+            answered.append(response.status_code)
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head(len(valid_body)) + valid_body[:10])  # a few bytes, then nothing
+        began = time.monotonic()
+        thread = threading.Thread(target=others)
+        thread.start()
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        waited = time.monotonic() - began
+        thread.join()
+    assert received.startswith(b"HTTP/1.1 408") and b'"error"' in received
+    assert READ_TIMEOUT_S - 0.5 < waited < TIMEOUT_S
+    assert len(answered) > 10 and set(answered) == {200}
+
+
+def test_slow_headers_are_dropped_while_other_requests_are_served(start_server, tmp_path, trained_model_dir):
+    # A server of its own: gunicorn logs the dropped connection as a socket error with a traceback.
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    other = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+                         SAGEMAKER_MODEL_SERVER_TIMEOUT=str(TIMEOUT_S))
+    other.wait_loaded()
+    with socket.create_connection(("127.0.0.1", other.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Ty")  # and nothing more
+        began = time.monotonic()
+        assert all(requests.get(other.url("/ping"), timeout=5).status_code == 200 for _ in range(20))
+        assert sock.recv(65536) == b""  # closed without an answer: there is no request to answer
+        waited = time.monotonic() - began
+    assert READ_TIMEOUT_S - 0.5 < waited < TIMEOUT_S
+    assert requests.get(other.url("/ping"), timeout=2).status_code == 200
+    log = other.output()
+    assert len(re.findall(r"Booting worker with pid", log)) == WORKERS and "WORKER TIMEOUT" not in log
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(server):
+    oversize = 6 * MIB + 1
+    began = time.monotonic()
+    status, body = raw_request(server, head(oversize, "application/x-npy"), shut_write=True)
+    assert status == 413 and b"6 MB" in body
+    assert time.monotonic() - began < 1  # decided from Content-Length alone
+    status, body = raw_request(server, head(oversize, "application/x-npy") + b"\0" * oversize)
+    assert status == 413
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    chunk = b"\0" * MIB
+    data = (b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-npy\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    data += b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(7)) + b"0\r\n\r\n"
+    status, body = raw_request(server, data)
+    assert status == 413 and b"larger than the limit" in body
