@@ -1,0 +1,345 @@
+"""Request bodies to image arrays, class probabilities to response bodies (numpy, simdjson, orjson; never MXNet).
+
+Every decoder returns float32 pixels shaped (N, C, H, W) in [0, 1], the model's input; every client
+mistake raises a `CodecError` whose status and message tell the client what to fix.
+
+The pixel rule, the same for every content type: each image on its own is read as 0-255 when its
+largest value is above 1 (then divided by 255), and as 0-1 otherwise. Values outside [0, 255], NaN
+and infinities are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import simdjson
+
+from . import images
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+CSV = "text/csv"
+NPY = "application/x-npy"
+PNG = "image/png"
+JPEG = "image/jpeg"
+
+REQUEST_TYPES = (JSON, JSONLINES, CSV, NPY, PNG, JPEG)
+RESPONSE_TYPES = (JSON, JSONLINES, CSV)
+JSON_KEYS = ("instances", "inputs")
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class CodecError(Exception):
+    """A client mistake; `status` is the HTTP status that says which kind."""
+
+    status = 400
+
+
+class BadRequest(CodecError):
+    status = 400
+
+
+class UnsupportedMediaType(CodecError):
+    status = 415
+
+
+class NotAcceptable(CodecError):
+    status = 406
+
+
+@functools.lru_cache(maxsize=64)
+def media_type(header: str | None) -> str:
+    """`text/csv; charset=utf-8` -> `text/csv` (lower case, parameters dropped)."""
+    if not header:
+        return ""
+    return header.split(";", 1)[0].strip().lower()
+
+
+def decode(body: bytes, content_type: str | None, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The images of a request body as float32 (N, C, H, W) in [0, 1] for a model taking (C, H, W)."""
+    kind = media_type(content_type)
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise UnsupportedMediaType(f"{given} is not supported; send one of: {', '.join(REQUEST_TYPES)}")
+    if not body:
+        raise BadRequest(f"the {kind} body is empty")
+    return decoder(body, tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=256)
+def negotiate(accept: str | None, default: str = JSON) -> str:
+    """The response type for an Accept header: the supported type with the highest q, `default` for */*."""
+    if not accept or not accept.strip():
+        return default
+    ranked = []
+    for position, part in enumerate(accept.split(",")):
+        kind, *params = (field.strip() for field in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if kind and quality > 0:
+            ranked.append((-quality, position, kind.lower()))
+    for _, _, kind in sorted(ranked):
+        if kind in RESPONSE_TYPES:
+            return kind
+        if kind == "*/*":
+            return default
+        if kind.endswith("/*"):
+            family = kind[:-1]
+            for candidate in (default, *RESPONSE_TYPES):
+                if candidate.startswith(family):
+                    return candidate
+    raise NotAcceptable(f"cannot answer Accept {accept!r}; supported: {', '.join(RESPONSE_TYPES)}")
+
+
+def encode(probabilities: np.ndarray, classes: Sequence[Any], kind: str) -> bytes:
+    """The response body for (N, K) probabilities in the negotiated `kind`."""
+    indices = probabilities.argmax(axis=1).tolist()
+    labels = [classes[i] for i in indices]
+    if kind == CSV:
+        return ("\n".join(_csv_field(label) for label in labels) + "\n").encode()
+    rows = [{"label": label, "probabilities": row} for label, row in zip(labels, probabilities)]
+    if kind == JSONLINES:
+        return b"".join(orjson.dumps(row, option=_DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE) for row in rows)
+    return orjson.dumps({"predictions": rows}, option=_DUMPS_OPTIONS)
+
+
+def describe_shapes(input_shape: tuple[int, ...]) -> str:
+    """The image layouts a model taking (C, H, W) accepts, in words, for error messages and docs."""
+    return " or ".join(_layout_names(input_shape))
+
+
+def _csv_field(label: Any) -> str:
+    text = str(label)
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _layouts(input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    channels, height, width = input_shape
+    layouts = [(height, width)] if channels == 1 else []
+    return layouts + [(math.prod(input_shape),), tuple(input_shape)]
+
+
+def _layout_names(input_shape: tuple[int, ...]) -> list[str]:
+    names = []
+    for layout in _layouts(input_shape):
+        names.append(f"{layout[0]} values (flat)" if len(layout) == 1 else "x".join(map(str, layout)))
+    return names
+
+
+def _to_batch(array: np.ndarray, input_shape: tuple[int, ...], single: bool = True) -> np.ndarray:
+    """(N, C, H, W) from any accepted layout; with `single`, one image without the batch axis too."""
+    layouts = _layouts(input_shape)
+    if single and array.shape in layouts:
+        return array.reshape(1, *input_shape)
+    if array.ndim >= 2 and array.shape[1:] in layouts:
+        if array.shape[0] == 0:
+            raise BadRequest("the request holds no images")
+        return array.reshape(array.shape[0], *input_shape)
+    if array.size == 0:
+        raise BadRequest("the request holds no images")
+    raise BadRequest(
+        f"wrong shape {list(array.shape)}: expected each image as {describe_shapes(input_shape)}, "
+        f"one image or a list of images"
+    )
+
+
+def _to_unit_range(batch: np.ndarray) -> np.ndarray:
+    """float32, C-contiguous, each image scaled to [0, 1] by the pixel rule."""
+    if batch.dtype.kind not in "uif":
+        raise BadRequest(f"pixel values must be numbers, not {batch.dtype}")
+    count = batch.shape[0]
+    if count == 1:  # the common request: a few numpy calls on scalars instead of per-image arrays
+        top, bottom = batch.max(), batch.min()
+        if not (bottom >= 0 and top <= 255):  # written so that NaN fails too
+            raise _out_of_range(0, bottom, top)
+        if top > 1:
+            return np.divide(batch, np.float32(255), dtype=np.float32)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+    flat = batch.reshape(count, -1)
+    highest = flat.max(axis=1)
+    if batch.dtype != np.uint8:  # uint8 cannot leave [0, 255]: one pass over a large batch saved
+        lowest = flat.min(axis=1)
+        if not (lowest.min() >= 0 and highest.max() <= 255):
+            bad = int(np.flatnonzero(~((lowest >= 0) & (highest <= 255)))[0])
+            raise _out_of_range(bad, lowest[bad], highest[bad])
+    on_255 = highest > 1
+    if on_255.all():
+        # Converts and scales in one pass; x / 255 in float32, as training scales its uint8 pixels.
+        return np.divide(batch, np.float32(255), dtype=np.float32)
+    if not on_255.any():
+        return np.ascontiguousarray(batch, dtype=np.float32)
+    batch = np.array(batch, dtype=np.float32, order="C")  # a copy of our own, scaled in place
+    batch[on_255] /= np.float32(255)
+    return batch
+
+
+def _out_of_range(index: int, lowest: Any, highest: Any) -> BadRequest:
+    return BadRequest(
+        f"image {index}: pixel values must lie in [0, 1] or [0, 255]; found values from {lowest} to {highest}"
+    )
+
+
+def _parse_json(text: bytes, what: str) -> Any:
+    # A fresh parser per document: a parser must not be reused while values of its last document live.
+    try:
+        return simdjson.Parser().parse(text)
+    except (ValueError, RuntimeError) as e:  # UnicodeDecodeError included; simdjson's DEPTH_ERROR is a RuntimeError
+        raise BadRequest(f"{what} is not valid JSON: {e}") from None
+
+
+def _json_images(document: Any) -> Any:
+    if isinstance(document, simdjson.Object):
+        for key in JSON_KEYS:
+            if key in document:
+                return document[key]
+    return None
+
+
+def _pixels(image: Any, index: int, input_shape: tuple[int, ...]) -> np.ndarray:
+    """One image's values, flattened; its nesting is free as long as it holds C*H*W numbers."""
+    if not isinstance(image, simdjson.Array):
+        raise BadRequest(f"image {index} is not a list of pixel values; expected {describe_shapes(input_shape)}")
+    try:
+        # simdjson copies the numbers straight into a buffer: no Python object per pixel.
+        values = np.frombuffer(image.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadRequest(f"image {index} holds something other than numbers") from None
+    if values.size != math.prod(input_shape):
+        raise BadRequest(
+            f"image {index} holds {values.size} values; expected {describe_shapes(input_shape)}"
+        )
+    return values
+
+
+def _stack(images_: list[Any], input_shape: tuple[int, ...], first_index: int = 0) -> np.ndarray:
+    batch = np.empty((len(images_), math.prod(input_shape)), dtype=np.float32)
+    for offset, image in enumerate(images_):
+        batch[offset] = _pixels(image, first_index + offset, input_shape)
+    return batch
+
+
+def _decode_json(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
+    images_ = _json_images(_parse_json(body, "the application/json body"))
+    if not isinstance(images_, simdjson.Array):
+        raise BadRequest('expected a JSON object {"instances": [image, ...]} (or "inputs" in place of "instances")')
+    if len(images_) == 0:
+        raise BadRequest("the request holds no images")
+    return _to_unit_range(_stack(images_, input_shape).reshape(len(images_), *input_shape))
+
+
+def _decode_jsonlines(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
+    rows = []
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        document = _parse_json(line, f"line {number}")
+        if isinstance(document, simdjson.Array):
+            rows.append(_pixels(document, len(rows), input_shape))
+            continue
+        images_ = _json_images(document)
+        if not isinstance(images_, simdjson.Array):
+            raise BadRequest(
+                f'line {number}: expected one image (a list of pixel values) or {{"instances": [image, ...]}}'
+            )
+        rows.extend(_stack(images_, input_shape, len(rows)))
+    if not rows:
+        raise BadRequest("the application/jsonlines body holds no images")
+    return _to_unit_range(np.array(rows, dtype=np.float32).reshape(len(rows), *input_shape))
+
+
+def _decode_csv(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the text/csv body is not UTF-8: {e}") from None
+    per_image = math.prod(input_shape)
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        count = line.count(",") + 1
+        if count != per_image:
+            raise BadRequest(
+                f"line {number} holds {count} values; expected {per_image} per line "
+                f"(one {'x'.join(map(str, input_shape))} image, flattened)"
+            )
+        lines.append(line)
+    if not lines:
+        raise BadRequest("the text/csv body holds no images")
+    try:
+        values = np.array(",".join(lines).split(","), dtype=np.float32)
+    except ValueError as e:
+        raise BadRequest(f"the text/csv body holds a value that is not a number: {e}") from None
+    return _to_unit_range(values.reshape(len(lines), *input_shape))
+
+
+def _decode_npy(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
+    array = _npy_array(body)
+    if array.dtype.kind not in "uif":
+        raise BadRequest(f"the array's dtype {array.dtype} is not numeric; send integers or floats")
+    return _to_unit_range(_to_batch(array, input_shape))
+
+
+def _npy_array(body: bytes) -> np.ndarray:
+    """The array of a .npy body as a view on the body (numpy.load would copy it twice); never unpickled."""
+    if body[:4] == b"PK\x03\x04":
+        raise BadRequest("the application/x-npy body is an .npz archive; send one .npy array (numpy.save)")
+    header = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(header)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(header)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(header)
+        else:  # format 3.0 (UTF-8 field names): numpy's own reader
+            return np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as e:  # numpy parsing client bytes, pickles off: any failure is the body's (ValueError,
+        # EOFError, tokenize.TokenError for a header cut mid-token, MemoryError for a 3.0 header's huge shape)
+        raise BadRequest(f"the application/x-npy body is not a .npy array: {e or type(e).__name__}") from None
+    if any(size < 0 for size in shape):
+        raise BadRequest(f"the application/x-npy body is not a .npy array: its shape {list(shape)} is negative")
+    if dtype.hasobject:
+        raise BadRequest("the application/x-npy body is not a .npy array of numbers (objects are never unpickled)")
+    count = math.prod(shape)
+    if len(body) - header.tell() < count * dtype.itemsize:
+        raise BadRequest(f"the application/x-npy body is not a .npy array: its data is shorter than {list(shape)} "
+                         f"{dtype} needs")
+    try:
+        array = np.frombuffer(body, dtype=dtype, count=count, offset=header.tell())
+        return array.reshape(shape, order="F" if fortran_order else "C")
+    except (ValueError, TypeError) as e:  # a dtype of itemsize 0; True as a dimension
+        raise BadRequest(f"the application/x-npy body is not a .npy array: {e}") from None
+
+
+def _decode_image(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        picture = images.to_model_input(body, input_shape)
+    except images.ImageError as e:
+        raise BadRequest(str(e)) from None
+    return picture[np.newaxis]
+
+
+_DECODERS: dict[str, Callable[[bytes, tuple[int, ...]], np.ndarray]] = {
+    JSON: _decode_json,
+    JSONLINES: _decode_jsonlines,
+    CSV: _decode_csv,
+    NPY: _decode_npy,
+    PNG: _decode_image,
+    JPEG: _decode_image,
+}

@@ -1,0 +1,105 @@
+"""The serving settings, read from the environment once: gunicorn's config and the Flask app share them.
+
+Every value is checked here, so a bad setting stops `serve` at start with a message naming the variable,
+rather than surfacing as odd behaviour under load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import codecs, environment
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT_S = 60  # SageMaker's own limit for one invocation
+DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's real-time limit
+BATCH_MAX_PAYLOAD_MB = 100  # the most a batch transform job sends; MaxPayloadInMB=0 stands for it
+GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM: finish requests in flight before that
+BATCH_STRATEGIES = ("MULTI_RECORD", "SINGLE_RECORD")
+MIB = 1024 * 1024  # a "MB" is read as MiB, the larger reading, so the limit is never below SageMaker's
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value `serve` cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    workers: int
+    timeout_s: int
+    max_payload_mb: int
+    batch_strategy: str
+    default_accept: str
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * MIB
+
+    @property
+    def read_timeout_s(self) -> float:
+        """How long a worker waits for more of a request before dropping it (headers) or answering 408
+        (body): well before gunicorn kills a worker that has not reported in for `timeout_s`."""
+        return self.timeout_s / 2
+
+    def execution_parameters(self) -> dict[str, object]:
+        """What `GET /execution-parameters` answers: one transform per worker, the server's payload limit."""
+        return {
+            "MaxConcurrentTransforms": self.workers,
+            "BatchStrategy": self.batch_strategy,
+            "MaxPayloadInMB": self.max_payload_mb,
+        }
+
+
+def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
+    env = os.environ if env is None else env
+    payload = _int(env, environment.MAX_PAYLOAD_IN_MB, DEFAULT_MAX_PAYLOAD_MB, minimum=0)
+    strategy = (env.get(environment.BATCH_STRATEGY) or "MULTI_RECORD").strip().upper()
+    if strategy not in BATCH_STRATEGIES:
+        raise ConfigError(f"{environment.BATCH_STRATEGY}={strategy!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
+    accept = codecs.media_type(env.get(environment.DEFAULT_INVOCATIONS_ACCEPT) or codecs.JSON)
+    if accept not in codecs.RESPONSE_TYPES:
+        raise ConfigError(
+            f"{environment.DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(codecs.RESPONSE_TYPES)}"
+        )
+    return ServerConfig(
+        host=(env.get(environment.SERVE_HOST) or DEFAULT_HOST).strip(),
+        port=_int(env, environment.BIND_TO_PORT, DEFAULT_PORT, minimum=1, maximum=65535),
+        workers=_int(env, environment.MODEL_SERVER_WORKERS, cpu_count(), minimum=1),
+        timeout_s=_int(env, environment.MODEL_SERVER_TIMEOUT, DEFAULT_TIMEOUT_S, minimum=1),
+        max_payload_mb=payload or BATCH_MAX_PAYLOAD_MB,
+        batch_strategy=strategy,
+        default_accept=accept,
+    )
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (docker --cpus)."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ConfigError(f"{name}={value} must be {bounds}")
+    return value

@@ -1,0 +1,182 @@
+"""`container/serve` from start to stop: readiness before and without a model, models trained elsewhere,
+bad settings, a crashed worker, and SIGTERM with a request in flight."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from serve_process import SERVE
+
+from mxnet_byoc import artifacts
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def invoke(server, body: bytes, content_type: str = "application/x-npy") -> requests.Response:
+    return requests.post(server.url("/invocations"), data=body, headers={"Content-Type": content_type}, timeout=30)
+
+
+def probabilities(response: requests.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array([p["probabilities"] for p in response.json()["predictions"]], dtype=np.float32)
+
+
+def wait_for(check, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(0.05)
+
+
+def ping(server) -> requests.Response:
+    return requests.get(server.url("/ping"), timeout=2)
+
+
+def test_not_ready_without_a_model_then_ready_once_one_arrives(start_server, tmp_path, trained_model_dir,
+                                                                digits, reference):
+    base = tmp_path / "ml"
+    base.mkdir()
+    server = start_server(base)
+    server.wait_listening()
+    wait_for(lambda: "does not exist" in ping(server).text, what="503 naming the missing model")
+    response = ping(server)
+    assert response.status_code == 503 and response.headers["Content-Type"] == "application/json"
+    assert f"{base / 'model'} does not exist" in response.json()["error"]
+    refused = invoke(server, npy(digits[0][:1]))
+    assert refused.status_code == 503 and "does not exist" in refused.json()["error"]
+    assert requests.get(server.url("/execution-parameters"), timeout=2).status_code == 200
+
+    shutil.copytree(trained_model_dir, tmp_path / "incoming")
+    (tmp_path / "incoming").rename(base / "model")  # appears at once, as SageMaker unpacks before start
+    server.wait_loaded()
+    np.testing.assert_allclose(probabilities(invoke(server, npy(digits[0][:10]))), reference[:10], atol=1e-5)
+
+
+def test_an_unusable_model_is_503_with_the_reason_and_the_server_stays_up(start_server, tmp_path,
+                                                                          trained_model_dir):
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    (base / "model" / artifacts.PARAMS_FILE).write_bytes(b"this is not an MXNet params file")
+    server = start_server(base)
+    server.wait_listening()
+    wait_for(lambda: "no usable model" in ping(server).text, what="503 with the reason")
+    assert ping(server).status_code == 503
+    assert "MXNet cannot load the model" in ping(server).json()["error"]
+    time.sleep(1.5)
+    assert server.process.poll() is None
+    assert "Worker exiting" not in server.output() and "Traceback" not in server.output()
+
+
+def test_model_in_awss_layout_without_our_metadata(start_server, tmp_path, trained_model_dir, digits, reference):
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    (base / "model" / artifacts.METADATA_FILE).unlink()
+    server = start_server(base)
+    server.wait_loaded()
+    response = invoke(server, npy(digits[0][:20]))
+    np.testing.assert_allclose(probabilities(response), reference[:20], atol=1e-5)
+    assert [p["label"] for p in response.json()["predictions"]] == reference[:20].argmax(axis=1).tolist()
+
+
+def test_module_api_model_ending_in_softmax_output_is_not_softmaxed_twice(start_server, tmp_path,
+                                                                          trained_model_dir, digits, reference):
+    """What AWS's MXNet container trains with the Module API: SoftmaxOutput head, a label input, no metadata."""
+    import mxnet as mx
+
+    symbol, args, aux = mx.model.load_checkpoint(str(trained_model_dir / artifacts.PREFIX), artifacts.EPOCH)
+    module_symbol = mx.sym.SoftmaxOutput(symbol, name="softmax")
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    mx.model.save_checkpoint(str(base / "model" / artifacts.PREFIX), artifacts.EPOCH, module_symbol, args, aux)
+    (base / "model" / artifacts.SHAPES_FILE).write_text(json.dumps([{"name": "data", "shape": [1, 1, 28, 28]}]))
+    server = start_server(base)
+    server.wait_loaded()
+    np.testing.assert_allclose(probabilities(invoke(server, npy(digits[0][:20]))), reference[:20], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [("SAGEMAKER_MODEL_SERVER_WORKERS", "many"), ("SAGEMAKER_BIND_TO_PORT", "0"),
+     ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/xml")],
+)
+def test_a_bad_setting_stops_serve_with_one_clear_line(tmp_path, variable, value):
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path), variable: value}
+    result = subprocess.run([sys.executable, str(SERVE)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"serve: {variable}=") and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_a_killed_worker_is_replaced_and_loads_the_model(start_server, tmp_path, trained_model_dir, digits,
+                                                         reference):
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    server.wait_loaded()
+    worker = int(Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()[0])
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: server.output().count("model loaded from") >= 2, what="a new worker with the model")
+    np.testing.assert_allclose(probabilities(invoke(server, npy(digits[0][:5]))), reference[:5], atol=1e-5)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits(start_server, tmp_path, trained_model_dir,
+                                                              digits, reference):
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    server = start_server(base)
+    server.wait_loaded()
+    body = npy(digits[0][:100])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-npy\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+        time.sleep(0.5)  # a worker is now in the middle of reading this request
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert server.process.poll() is None, "serve exited with a request in flight"
+        sock.sendall(body[len(body) // 2 :])
+        status, answer = read_response(sock)
+    assert status == 200
+    found = np.array([p["probabilities"] for p in json.loads(answer)["predictions"]], dtype=np.float32)
+    np.testing.assert_allclose(found, reference[:100], atol=1e-5)
+    assert server.process.wait(30) == 0
+    assert "Shutting down: Master" in server.output()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_within_30_seconds_even_when_a_client_stalls(start_server, tmp_path, trained_model_dir):
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    server.wait_loaded()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-npy\r\n"
+                     b"Content-Length: 1000000\r\n\r\n" + b"\0" * 1000)  # and never the rest
+        time.sleep(0.5)
+        began = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(35)
+        assert time.monotonic() - began < 30

@@ -1,0 +1,65 @@
+"""Serving settings from the environment: defaults, SageMaker's variables, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from mxnet_byoc import server_config
+from mxnet_byoc.server_config import ConfigError, from_env
+
+
+def test_defaults_follow_sagemaker():
+    config = from_env({})
+    assert (config.host, config.port, config.timeout_s) == ("0.0.0.0", 8080, 60)
+    assert config.workers == server_config.cpu_count() >= 1
+    assert config.max_payload_mb == 6 and config.max_payload_bytes == 6 * 1024 * 1024
+    assert config.default_accept == "application/json"
+    assert config.execution_parameters() == {
+        "MaxConcurrentTransforms": config.workers, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6,
+    }
+
+
+def test_sagemaker_variables_are_read():
+    config = from_env({
+        "SAGEMAKER_BIND_TO_PORT": "9090", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100",
+        "SAGEMAKER_BATCH_STRATEGY": "single_record", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
+        "MXNET_BYOC_SERVE_HOST": "127.0.0.1",
+    })
+    assert (config.host, config.port, config.workers, config.timeout_s) == ("127.0.0.1", 9090, 3, 120)
+    assert config.max_payload_bytes == 100 * 1024 * 1024
+    assert config.execution_parameters() == {
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 100,
+    }
+    assert config.default_accept == "text/csv"
+
+
+def test_zero_payload_limit_means_the_batch_maximum():
+    assert from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}).max_payload_mb == server_config.BATCH_MAX_PAYLOAD_MB
+
+
+def test_graceful_shutdown_ends_before_sagemakers_sigkill():
+    assert server_config.GRACEFUL_TIMEOUT_S < 30
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND_TO_PORT='http' is not a whole number"),
+        ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "between 1 and 65535"),
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "0"}, "SAGEMAKER_MODEL_SERVER_WORKERS=0 must be at least 1"),
+        ({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1.5"}, "SAGEMAKER_MODEL_SERVER_TIMEOUT"),
+        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "-1"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB=-1"),
+        ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "MULTI_RECORD, SINGLE_RECORD"),
+        ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/xml"}, "text/csv"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        from_env(env)
+
+
+def test_cpu_count_is_positive_and_within_the_affinity_mask():
+    import os
+
+    assert 1 <= server_config.cpu_count() <= len(os.sched_getaffinity(0))
