@@ -239,3 +239,21 @@ def shard(data: Dataset, rank: int, count: int, seed: int) -> Dataset:
         return data
     part = np.sort(np.random.RandomState(seed).permutation(len(data))[rank::count])
     return Dataset(data.images[part], data.labels[part], data.classes)
+
+
+def shifted(images: np.ndarray, rng: np.random.RandomState, max_shift: int = 2) -> np.ndarray:
+    """Every image moved by its own whole-pixel offset in [-max_shift, max_shift], zeros shifted in.
+
+    One slice assignment per offset pair (25 for 2 pixels), not per image: about 0.1 s for MNIST.
+    """
+    n, _, h, w = images.shape
+    out = np.zeros_like(images)
+    dy = rng.randint(-max_shift, max_shift + 1, n)
+    dx = rng.randint(-max_shift, max_shift + 1, n)
+    for sy in range(-max_shift, max_shift + 1):
+        for sx in range(-max_shift, max_shift + 1):
+            idx = np.flatnonzero((dy == sy) & (dx == sx))
+            if idx.size:
+                out[idx, :, max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
+                    images[idx, :, max(-sy, 0):h + min(-sy, 0), max(-sx, 0):w + min(-sx, 0)]
+    return out

@@ -48,9 +48,10 @@ def _configure_runtime(env: TrainingEnv) -> None:
     # cuts it. GPUs and parameter servers need the threaded engine's asynchrony.
     if not wants_gpu and not env.resources.distributed:
         os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
-    # One OpenMP thread per physical core (EC2's vCPUs are hyperthreads). On a 2-vCPU machine a second thread
-    # made each step 2-8x slower as soon as anything else ran (spinning barriers): see bench/train_bench.py.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2)))
+    # Every core: a training instance is not shared (2 threads ran the cnn 1.8x and the mlp 1.5x faster than
+    # one here). Where other busy processes share the cores, OpenMP's spinning barriers make that 2-8x
+    # SLOWER than one thread: set OMP_NUM_THREADS=1 there (README, "Devices").
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
@@ -175,7 +176,7 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
         checkpoint_dir=env.checkpoint_dir, host=res.current_host,
         should_stop=should_stop, emit=lambda line: print(line, flush=True),
     )
-    val_x, _ = training._device_data(val, contexts[0])
+    val_x, _ = training.to_device(val, contexts[0])
     val_loss, val_acc, predictions = trainer.evaluate(val_x, val.labels)
     final = {**result.final, "validation_loss": val_loss, "validation_accuracy": val_acc}
     if env.validation is not None and env.validation.name == "test":

@@ -21,7 +21,7 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
-from . import checkpoints, distributed, host_ops, metrics, models
+from . import checkpoints, data, distributed, host_ops, metrics, models
 from .contract import Stopped, TrainingError
 from .data import Dataset
 
@@ -201,22 +201,11 @@ class Replica:
         self.stats += self.exe.outputs[1]
 
 
-def _device_data(data: Dataset, ctx: mx.Context) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
-    x = mx.nd.array(data.images, ctx=ctx, dtype=np.uint8).astype(np.float32) / 255.0
-    y = mx.nd.array(data.labels, ctx=ctx, dtype=np.float32)
+def to_device(dataset: Dataset, ctx: mx.Context) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
+    """Images as float32 in [0, 1] and labels as float32, on `ctx`."""
+    x = mx.nd.array(dataset.images, ctx=ctx, dtype=np.uint8).astype(np.float32) / 255.0
+    y = mx.nd.array(dataset.labels, ctx=ctx, dtype=np.float32)
     return x, y
-
-
-def _shifted(x: mx.nd.NDArray, rng: np.random.RandomState, max_shift: int = 2) -> mx.nd.NDArray:
-    """Every image moved by its own whole-pixel offset in [-max_shift, max_shift], zeros shifted in."""
-    n, _, h, w = x.shape
-    dx = rng.randint(-max_shift, max_shift + 1, n) * (2.0 / max(1, w - 1))
-    dy = rng.randint(-max_shift, max_shift + 1, n) * (2.0 / max(1, h - 1))
-    theta = np.zeros((n, 6), dtype=np.float32)
-    theta[:, 0], theta[:, 4], theta[:, 2], theta[:, 5] = 1, 1, dx, dy
-    grid = mx.nd.GridGenerator(mx.nd.array(theta, ctx=x.context), transform_type="affine",
-                               target_shape=(h, w))
-    return mx.nd.BilinearSampler(x, grid)
 
 
 class Trainer:
@@ -388,21 +377,28 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
             epoch=epoch, step=step, updates=trainer.updates, arrays=trainer.state_arrays(),
             info={**identity, "history": result.history}))
 
-    device_data = [_device_data(train, ctx) for ctx in contexts]
-    val_x, _ = _device_data(val, contexts[0])
+    val_x, _ = to_device(val, contexts[0])
     b, nd = trainer.device_batch, len(contexts)
+    views: list = []
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.RandomState(cfg.seed * 1000 + epoch)
+        # Shuffling and augmentation happen once per epoch on the uint8 host copy; each device then gets
+        # the epoch as one float array, and a step only takes views of it.
         order = rng.permutation(len(train))[: steps * trainer.host_batch]
-        views, keep_alive = [], []
-        for x_all, y_all in device_data:
-            idx = mx.nd.array(order, ctx=x_all.context, dtype=np.int64)
-            x = mx.nd.take(x_all, idx)
-            if cfg.augment and cfg.model == "cnn":
-                x = _shifted(x, rng)
-            x, y = x.reshape((steps, nd, b, *x.shape[1:])), mx.nd.take(y_all, idx).reshape((steps, nd, b))
+        images = train.images[order]
+        if cfg.augment and cfg.model == "cnn":
+            images = data.shifted(images, rng)
+        labels = train.labels[order].astype(np.float32)
+        views.clear()  # the previous epoch's arrays go before the next ones are made
+        keep_alive = []
+        for ctx in contexts:
+            x = mx.nd.array(images, ctx=ctx, dtype=np.uint8).astype(np.float32)
+            x *= 1.0 / 255
+            x = x.reshape((steps, nd, b, *images.shape[1:]))
+            y = mx.nd.array(labels, ctx=ctx).reshape((steps, nd, b))
             keep_alive.append((x, y))
             views.append((host_ops.view(x), host_ops.view(y)) if trainer.host else (x, y))
+        del images, labels
         for r in trainer.replicas:
             r.stats[:] = 0
         first = start_step if epoch == start_epoch else 0
