@@ -43,7 +43,7 @@ class Spec:
 SPECS: tuple[Spec, ...] = (
     Spec("model", str, "cnn", "network: `cnn` (small batch-normalised CNN) or `mlp` (Dense 256 relu, Dense N)",
          choices=("cnn", "mlp")),
-    Spec("epochs", int, 8, "passes over the training data", min=1, max=10000),
+    Spec("epochs", int, 12, "passes over the training data", min=1, max=10000),
     Spec("batch_size", int, 128, "images per step, summed over all devices and hosts (global batch)",
          min=1, max=65536),
     Spec("learning_rate", float, 0.003, "peak learning rate (the one-cycle schedule's maximum)",

@@ -61,7 +61,7 @@ def detect_contexts() -> list[mx.Context]:
 @dataclass
 class Config:
     model: str = "cnn"
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 0.003
     optimizer: str = "adam"
@@ -206,6 +206,48 @@ def to_device(dataset: Dataset, ctx: mx.Context) -> tuple[mx.nd.NDArray, mx.nd.N
     x = mx.nd.array(dataset.images, ctx=ctx, dtype=np.uint8).astype(np.float32) / 255.0
     y = mx.nd.array(dataset.labels, ctx=ctx, dtype=np.float32)
     return x, y
+
+
+class _EpochFeeder:
+    """Each epoch's shuffled (and for the cnn shifted) batches, laid out (steps, devices, batch, C, H, W), so
+    that a step only takes views. Shuffling and shifting happen once per epoch on the uint8 host copy.
+
+    On the host path one numpy buffer, allocated once, serves every CPU context (steps copy from it); on
+    devices each context gets the epoch as one float array.
+    """
+
+    def __init__(self, train: Dataset, contexts: list[mx.Context], steps: int, batch: int, host: bool,
+                 augment: bool):
+        self.train, self.contexts, self.augment, self.host = train, contexts, augment, host
+        self.count = steps * batch * len(contexts)
+        self.shape = (steps, len(contexts), batch, *train.input_shape)
+        if host:
+            self.x = np.empty(self.shape, dtype=np.float32)
+            self.y = np.empty(self.shape[:3], dtype=np.float32)
+            # Without augmentation the scaled images never change: scale once, then gather each epoch.
+            self.scaled = None if augment else train.images.astype(np.float32) * np.float32(1 / 255)
+
+    def epoch(self, rng: np.random.RandomState) -> list[tuple[Any, Any]]:
+        """Per device, (images, labels) indexed [step][device]: numpy on the host path, NDArrays else."""
+        order = rng.permutation(len(self.train))[: self.count]
+        if self.host:
+            x = self.x.reshape(self.count, *self.shape[3:])
+            if self.scaled is not None:
+                np.take(self.scaled, order, axis=0, out=x)
+            else:
+                np.multiply(data.shifted(self.train.images[order], rng), np.float32(1 / 255), out=x)
+            self.y.reshape(-1)[:] = self.train.labels[order]
+            return [(self.x, self.y)] * len(self.contexts)
+        images = self.train.images[order]
+        if self.augment:
+            images = data.shifted(images, rng)
+        self.views = []  # the previous epoch's device arrays go before the next ones are made
+        for ctx in self.contexts:
+            x = mx.nd.array(images, ctx=ctx, dtype=np.uint8).astype(np.float32)
+            x *= 1.0 / 255
+            y = mx.nd.array(self.train.labels[order], ctx=ctx)
+            self.views.append((x.reshape(self.shape), y.reshape(self.shape[:3])))
+        return self.views
 
 
 class Trainer:
@@ -378,27 +420,10 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
             info={**identity, "history": result.history}))
 
     val_x, _ = to_device(val, contexts[0])
-    b, nd = trainer.device_batch, len(contexts)
-    views: list = []
+    feeder = _EpochFeeder(train, contexts, steps, trainer.device_batch, trainer.host,
+                          augment=cfg.augment and cfg.model == "cnn")
     for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.RandomState(cfg.seed * 1000 + epoch)
-        # Shuffling and augmentation happen once per epoch on the uint8 host copy; each device then gets
-        # the epoch as one float array, and a step only takes views of it.
-        order = rng.permutation(len(train))[: steps * trainer.host_batch]
-        images = train.images[order]
-        if cfg.augment and cfg.model == "cnn":
-            images = data.shifted(images, rng)
-        labels = train.labels[order].astype(np.float32)
-        views.clear()  # the previous epoch's arrays go before the next ones are made
-        keep_alive = []
-        for ctx in contexts:
-            x = mx.nd.array(images, ctx=ctx, dtype=np.uint8).astype(np.float32)
-            x *= 1.0 / 255
-            x = x.reshape((steps, nd, b, *images.shape[1:]))
-            y = mx.nd.array(labels, ctx=ctx).reshape((steps, nd, b))
-            keep_alive.append((x, y))
-            views.append((host_ops.view(x), host_ops.view(y)) if trainer.host else (x, y))
-        del images, labels
+        views = feeder.epoch(np.random.RandomState(cfg.seed * 1000 + epoch))
         for r in trainer.replicas:
             r.stats[:] = 0
         first = start_step if epoch == start_epoch else 0

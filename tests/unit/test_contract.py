@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mxnet_byoc import contract, environment
+from mxnet_byoc import contract, environment, hyperparameters
 from mxnet_byoc.contract import ContractError
 from mxnet_byoc.hyperparameters import HyperparameterError
 
@@ -71,7 +71,7 @@ def test_hyperparameters_are_parsed_and_defaults_filled(tmp_path):
 
 def test_missing_hyperparameters_file_means_defaults(tmp_path):
     env = contract.load(make_base(tmp_path))
-    assert env.hyperparameters["epochs"] == 8
+    assert env.hyperparameters == hyperparameters.defaults()
 
 
 def test_bad_hyperparameter_fails_the_load(tmp_path):
