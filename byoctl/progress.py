@@ -127,6 +127,21 @@ def print_final(job: dict[str, Any], seen: dict[str, float], out: TextIO = sys.s
     out.flush()
 
 
+def _poll(describe: Callable[[], dict[str, Any]], status_key: str, label: str, done: Callable[[str], bool],
+          poll_s: float, out: TextIO, sleep: Callable[[float], None]) -> dict[str, Any]:
+    """Describe until `done(status)`, printing each new status once."""
+    last = None
+    while True:
+        resource = describe()
+        status = resource[status_key]
+        if status != last:
+            print(f"{label} {status}", file=out, flush=True)
+            last = status
+        if done(status):
+            return resource
+        sleep(poll_s)
+
+
 def wait_for_endpoint(
     sagemaker_client: Any,
     name: str,
@@ -134,16 +149,9 @@ def wait_for_endpoint(
     out: TextIO = sys.stdout,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    last = None
-    while True:
-        endpoint = sagemaker_client.describe_endpoint(EndpointName=name)
-        status = endpoint["EndpointStatus"]
-        if status != last:
-            print(f"[{name}] endpoint {status}", file=out, flush=True)
-            last = status
-        if status not in ENDPOINT_WAITING:
-            break
-        sleep(poll_s)
+    endpoint = _poll(lambda: sagemaker_client.describe_endpoint(EndpointName=name), "EndpointStatus",
+                     f"[{name}] endpoint", lambda s: s not in ENDPOINT_WAITING, poll_s, out, sleep)
+    status = endpoint["EndpointStatus"]
     if status != "InService":
         raise WaitError(f"endpoint {name} is {status}: {endpoint.get('FailureReason', 'no reason given')}")
     return endpoint
@@ -156,16 +164,9 @@ def wait_for_transform(
     out: TextIO = sys.stdout,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    last = None
-    while True:
-        job = sagemaker_client.describe_transform_job(TransformJobName=name)
-        status = job["TransformJobStatus"]
-        if status != last:
-            print(f"[{name}] transform {status}", file=out, flush=True)
-            last = status
-        if status in TERMINAL_TRANSFORM:
-            break
-        sleep(poll_s)
+    job = _poll(lambda: sagemaker_client.describe_transform_job(TransformJobName=name), "TransformJobStatus",
+                f"[{name}] transform", lambda s: s in TERMINAL_TRANSFORM, poll_s, out, sleep)
+    status = job["TransformJobStatus"]
     if status != "Completed":
         raise WaitError(f"transform job {name} {status.lower()}: {job.get('FailureReason', 'no reason given')}")
     return job

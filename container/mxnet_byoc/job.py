@@ -176,8 +176,11 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
         checkpoint_dir=env.checkpoint_dir, host=res.current_host,
         should_stop=should_stop, emit=lambda line: print(line, flush=True),
     )
-    val_x, _ = training.to_device(val, contexts[0])
-    val_loss, val_acc, predictions = trainer.evaluate(val_x, val.labels)
+    if result.predictions is not None:
+        val_loss, val_acc = result.final["validation_loss"], result.final["validation_accuracy"]
+        predictions = result.predictions
+    else:  # every epoch was done before a restart: evaluate the restored weights once
+        val_loss, val_acc, predictions = trainer.evaluate(training.to_device(val, contexts[0])[0], val.labels)
     final = {**result.final, "validation_loss": val_loss, "validation_accuracy": val_acc}
     if env.validation is not None and env.validation.name == "test":
         final["test_accuracy"] = val_acc

@@ -83,6 +83,7 @@ class Config:
 class Result:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
+    predictions: np.ndarray | None = None  # on the validation set, after the last epoch trained here
 
     @property
     def final(self) -> dict[str, float]:
@@ -445,7 +446,7 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
         elapsed = time.perf_counter() - tic
         s = sum(r.stats.asnumpy() for r in trainer.replicas)
         seen = max(1, (steps - first) * trainer.host_batch)
-        val_loss, val_acc, _ = trainer.evaluate(val_x, val.labels)
+        val_loss, val_acc, result.predictions = trainer.evaluate(val_x, val.labels)
         values = {"epoch": epoch + 1, "train_loss": float(s[0] / seen), "train_accuracy": float(s[1] / seen),
                   "validation_loss": val_loss, "validation_accuracy": val_acc,
                   "images_per_sec": seen / max(elapsed, 1e-9)}
