@@ -16,8 +16,11 @@ reference are measured in alternation (ratios are medians of adjacent pairs). CP
 server processes) and per image (in-process) is printed too, with the ratios it gives: it moves far
 less with other load than requests/s do.
 
-The model is trained by `container/train` (--epochs of --model) unless --model-dir names one.
-Usage: .venv/bin/python bench/serve_bench.py [--model mlp|cnn] [--duration 5] [--rounds 3] [--workers 2]
+Each network of --models is trained by `container/train` (--epochs) and measured in turn, the default one
+(cnn) first: its forward pass costs about 30 us per image, the mlp's 4.5, so the mlp shows the server's
+own overhead at its largest. --model-dir serves a given model directory instead. A summary at the end
+sets each model's figures against issue 3's targets.
+Usage: .venv/bin/python bench/serve_bench.py [--models cnn,mlp] [--duration 5] [--rounds 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"), help="network container/train trains")
+    parser.add_argument("--models", default="cnn,mlp", help="networks container/train trains, measured in turn")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--model-dir", type=Path, help="serve this model directory instead of training one")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
@@ -247,21 +250,57 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
+    models = [str(args.model_dir)] if args.model_dir else [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.model_dir and not set(models) <= {"cnn", "mlp"}:
+        parser.error(f"--models: expected cnn and/or mlp, got {args.models!r}")
     wrk = ensure_wrk()
-    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    try:
-        base = work / "ml"
-        if args.model_dir:
-            base.mkdir()
-            shutil.copytree(args.model_dir, base / "model")
-        else:
-            train_model(base, args.model, args.epochs)
-        benchmark(args, wrk, work, base)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    summaries = {}
+    for name in models:
+        work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+        try:
+            base = work / "ml"
+            if args.model_dir:
+                base.mkdir()
+                shutil.copytree(args.model_dir, base / "model")
+                label = name
+            else:
+                train_model(base, name, args.epochs)
+                label = f"{args.epochs}-epoch {name} from container/train"
+            print(f"\n=== {label} ===", flush=True)
+            summaries[name] = benchmark(args, wrk, work, base, label)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print_targets(summaries, args.workers)
 
 
-def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path) -> None:
+# Issue 3's targets, and AWS's MXNet serving stack measured on this machine (for the memory target).
+TARGET_ONE_IMAGE_RATIO = 0.70
+TARGET_BATCH_RATIO = 0.80
+TARGET_STARTUP_S = 2.0
+AWS_STACK_PSS_MIB = 765
+
+
+def print_targets(summaries: dict[str, dict[str, float]], workers: int) -> None:
+    print("\nagainst issue 3's targets (medians of the figures above):")
+    rows = [
+        ("one-image JSON req/s over the trivial endpoint's, lowest of concurrency 1, 8, 32", "one_image_ratio",
+         f">= {TARGET_ONE_IMAGE_RATIO:.2f}", lambda v: v >= TARGET_ONE_IMAGE_RATIO, "{:.2f}"),
+        ("1,000-image uint8 npy over the in-process forward pass, MXNet's default threads", "batch_ratio_default",
+         f">= {TARGET_BATCH_RATIO:.2f}", lambda v: v >= TARGET_BATCH_RATIO, "{:.2f}"),
+        ("1,000-image uint8 npy over the in-process forward pass on every core", "batch_ratio_all_cores",
+         f">= {TARGET_BATCH_RATIO:.2f}", lambda v: v >= TARGET_BATCH_RATIO, "{:.2f}"),
+        ("start of serve to the first correct prediction (s)", "startup_s",
+         f"< {TARGET_STARTUP_S:.0f}", lambda v: v < TARGET_STARTUP_S, "{:.2f}"),
+        (f"PSS of the process tree with {workers} workers (MiB)", "pss_mib",
+         f"< {AWS_STACK_PSS_MIB / 2:.0f}", lambda v: v < AWS_STACK_PSS_MIB / 2, "{:.0f}"),
+    ]
+    for text, key, target, met, form in rows:
+        figures = ", ".join(f"{name} {form.format(s[key])} ({'met' if met(s[key]) else 'NOT met'})"
+                            for name, s in summaries.items())
+        print(f"  {text} [{target}]: {figures}")
+
+
+def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path, label: str) -> dict[str, float]:
     model_dir = base / "model"
     images = idx.read_idx(mnist_dir() / "t10k-images-idx3-ubyte.gz").reshape(-1, 28, 28)
     labels = idx.read_idx(mnist_dir() / "t10k-labels-idx1-ubyte.gz")
@@ -273,8 +312,7 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path) -> Non
     np.save(bodies["uint8"], images[:1000])
     np.save(bodies["float32"], images[:1000].astype(np.float32) / 255)
 
-    print(f"model: {args.model_dir or f'{args.epochs}-epoch {args.model} from container/train'}; "
-          f"{args.workers} workers; {args.rounds} rounds of {args.duration} s per figure; "
+    print(f"model: {label}; {args.workers} workers; {args.rounds} rounds of {args.duration} s per figure; "
           f"{len(os.sched_getaffinity(0))} CPUs", flush=True)
 
     # Start-up: from launching `serve` to the first request answered with the right label.
@@ -355,6 +393,15 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path) -> Non
     print(f"\nstart of `serve` to first correct prediction: median {statistics.median(startups):.2f} s "
           f"(runs: {', '.join(f'{s:.2f}' for s in startups)})")
     print(f"PSS of the serving process tree ({args.workers} workers, after the load): {pss / 1024:.0f} MiB")
+    uint8 = batch_runs["uint8"]
+    return {
+        "one_image_ratio": min(statistics.median(m["rps"] / t["rps"] for m, t in zip(*runs))
+                               for runs in json_runs.values()),
+        "batch_ratio_default": statistics.median(r["rps"] * 1000 / f for r, f in zip(uint8, rates)),
+        "batch_ratio_all_cores": statistics.median(r["rps"] * 1000 / f for r, f in zip(uint8, all_rates)),
+        "startup_s": statistics.median(startups),
+        "pss_mib": pss / 1024,
+    }
 
 
 if __name__ == "__main__":

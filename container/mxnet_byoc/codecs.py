@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -108,13 +109,31 @@ def negotiate(accept: str | None, default: str = JSON) -> str:
 def encode(probabilities: np.ndarray, classes: Sequence[Any], kind: str) -> bytes:
     """The response body for (N, K) probabilities in the negotiated `kind`."""
     indices = probabilities.argmax(axis=1).tolist()
-    labels = [classes[i] for i in indices]
+    if not indices:
+        return b'{"predictions":[]}' if kind == JSON else b""
+    pieces = _label_pieces(orjson.dumps(list(classes)), kind)  # the classes' JSON text: hashable, a cache key
     if kind == CSV:
-        return ("\n".join(_csv_field(label) for label in labels) + "\n").encode()
-    rows = [{"label": label, "probabilities": row} for label, row in zip(labels, probabilities)]
-    if kind == JSONLINES:
-        return b"".join(orjson.dumps(row, option=_DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE) for row in rows)
-    return orjson.dumps({"predictions": rows}, option=_DUMPS_OPTIONS)
+        return b"".join([pieces[i] for i in indices])
+    # orjson writes the whole (N, K) array in one call; its rows are then spliced between per-class
+    # prefixes. The bytes are those of dumping a list of {"label", "probabilities"} objects, in a third
+    # of the time: at 1,000 images per request, building those objects cost more than writing the floats.
+    rows = orjson.dumps(np.ascontiguousarray(probabilities), option=_DUMPS_OPTIONS)[2:-2].split(b"],[")
+    first, rest = pieces
+    prefixes = [rest[i] for i in indices]
+    prefixes[0] = first[indices[0]]
+    body = b"".join(itertools.chain.from_iterable(zip(prefixes, rows)))
+    return body + b"]}\n" if kind == JSONLINES else b'{"predictions":[' + body + b"]}]}"
+
+
+@functools.lru_cache(maxsize=16)
+def _label_pieces(classes_json: bytes, kind: str) -> Any:
+    """Per class: its CSV line, or the JSON text that opens an image's object (and closes the one before)."""
+    classes = orjson.loads(classes_json)
+    if kind == CSV:
+        return [(_csv_field(label) + "\n").encode() for label in classes]
+    opening = [b'{"label":' + orjson.dumps(label) + b',"probabilities":[' for label in classes]
+    between = b"]}\n" if kind == JSONLINES else b"]},"
+    return opening, [between + text for text in opening]
 
 
 def describe_shapes(input_shape: tuple[int, ...]) -> str:
@@ -300,15 +319,61 @@ def _npy_array(body: bytes) -> np.ndarray:
     """The array of a .npy body as a view on the body (numpy.load would copy it twice); never unpickled."""
     if body[:4] == b"PK\x03\x04":
         raise BadRequest("the application/x-npy body is an .npz archive; send one .npy array (numpy.save)")
-    header = io.BytesIO(body)
+    end = _npy_header_end(body)
+    if end is not None and end <= NPY_CACHED_HEADER_BYTES:
+        shape, fortran_order, dtype = _cached_npy_header(bytes(body[:end]))
+    else:
+        stream = io.BytesIO(body)
+        header = _read_npy_header(stream)
+        if header is None:  # format 3.0 (UTF-8 field names): numpy's own reader
+            try:
+                return np.load(io.BytesIO(body), allow_pickle=False)
+            except Exception as e:  # see _read_npy_header
+                raise BadRequest(f"the application/x-npy body is not a .npy array: {e or type(e).__name__}") from None
+        (shape, fortran_order, dtype), end = header, stream.tell()
+    count = math.prod(shape)
+    if len(body) - end < count * dtype.itemsize:
+        raise BadRequest(f"the application/x-npy body is not a .npy array: its data is shorter than {list(shape)} "
+                         f"{dtype} needs")
     try:
-        version = np.lib.format.read_magic(header)
+        array = np.frombuffer(body, dtype=dtype, count=count, offset=end)
+        return array.reshape(shape, order="F" if fortran_order else "C")
+    except (ValueError, TypeError) as e:  # a dtype of itemsize 0; True as a dimension
+        raise BadRequest(f"the application/x-npy body is not a .npy array: {e}") from None
+
+
+NPY_CACHED_HEADER_BYTES = 4096  # numpy.save writes 128 bytes; a longer header is parsed each time, never kept
+_NPY_LENGTH_BYTES = {b"\x01\x00": 2, b"\x02\x00": 4}  # format version -> bytes of the header's length
+
+
+def _npy_header_end(body: bytes) -> int | None:
+    """Where the data of a format 1.0 or 2.0 .npy body starts, by its header's length; None otherwise."""
+    width = _NPY_LENGTH_BYTES.get(bytes(body[6:8]))
+    if width is None or body[:6] != b"\x93NUMPY":
+        return None
+    return 8 + width + int.from_bytes(body[8:8 + width], "little")
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """`_read_npy_header`, cached by the header's bytes: numpy parses the header's Python literal with its
+    tokenizer (100 us, a sixth of decoding a 1,000-image batch), and a client sends the same header again
+    and again. Headers that fail are not cached (lru_cache keeps no exceptions)."""
+    header = _read_npy_header(io.BytesIO(header))
+    assert header is not None  # _npy_header_end only passes formats 1.0 and 2.0
+    return header
+
+
+def _read_npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """Shape, order and dtype of a .npy stream, which is left at the data; None for format 3.0."""
+    try:
+        version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(header)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(header)
-        else:  # format 3.0 (UTF-8 field names): numpy's own reader
-            return np.load(io.BytesIO(body), allow_pickle=False)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            return None
     except Exception as e:  # numpy parsing client bytes, pickles off: any failure is the body's (ValueError,
         # EOFError, tokenize.TokenError for a header cut mid-token, MemoryError for a 3.0 header's huge shape)
         raise BadRequest(f"the application/x-npy body is not a .npy array: {e or type(e).__name__}") from None
@@ -316,15 +381,7 @@ def _npy_array(body: bytes) -> np.ndarray:
         raise BadRequest(f"the application/x-npy body is not a .npy array: its shape {list(shape)} is negative")
     if dtype.hasobject:
         raise BadRequest("the application/x-npy body is not a .npy array of numbers (objects are never unpickled)")
-    count = math.prod(shape)
-    if len(body) - header.tell() < count * dtype.itemsize:
-        raise BadRequest(f"the application/x-npy body is not a .npy array: its data is shorter than {list(shape)} "
-                         f"{dtype} needs")
-    try:
-        array = np.frombuffer(body, dtype=dtype, count=count, offset=header.tell())
-        return array.reshape(shape, order="F" if fortran_order else "C")
-    except (ValueError, TypeError) as e:  # a dtype of itemsize 0; True as a dimension
-        raise BadRequest(f"the application/x-npy body is not a .npy array: {e}") from None
+    return shape, fortran_order, dtype
 
 
 def _decode_image(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:

@@ -304,6 +304,54 @@ def test_encode_csv_one_label_per_line_quoting_when_needed():
     assert codecs.encode(PROBABILITIES, ["x", 'say "b", ok', "z"], "text/csv") == b'"say ""b"", ok"\nx\n'
 
 
+def plain_encoding(probabilities: np.ndarray, classes: list, kind: str) -> bytes:
+    """The response bodies written the obvious way: one object per image, dumped by orjson."""
+    rows = [{"label": classes[i], "probabilities": row} for i, row in zip(probabilities.argmax(axis=1), probabilities)]
+    if kind == "application/jsonlines":
+        return b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE) for r in rows)
+    return orjson.dumps({"predictions": rows}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@pytest.mark.parametrize("kind", ["application/json", "application/jsonlines"])
+@pytest.mark.parametrize("count", [1, 2, 1000])
+@pytest.mark.parametrize("classes", [list(range(10)), [f'say "{i}", ok' for i in range(10)],
+                                     [{"id": i} for i in range(10)]])
+def test_spliced_encoding_gives_the_bytes_of_the_plain_one(kind, count, classes):
+    # encode() splices one orjson dump of the whole array between per-class prefixes: it must give
+    # exactly what dumping one object per image gives, for any labels and for NaN (null) too.
+    probabilities = np.random.RandomState(count).dirichlet(np.ones(10), size=count).astype(np.float32)
+    probabilities[0, 4] = np.nan
+    probabilities[-1] = [0, 1e-38, 1, 0, 0, 0, 0, 0, 0, 3.4e38]
+    assert codecs.encode(probabilities, classes, kind) == plain_encoding(probabilities, classes, kind)
+    assert codecs.encode(probabilities, classes, kind) == plain_encoding(probabilities, classes, kind)  # cached
+
+
+def test_encoding_no_images():
+    empty = np.zeros((0, 3), dtype=np.float32)
+    assert orjson.loads(codecs.encode(empty, [0, 1, 2], "application/json")) == {"predictions": []}
+    assert codecs.encode(empty, [0, 1, 2], "application/jsonlines") == b""
+    assert codecs.encode(empty, [0, 1, 2], "text/csv") == b""
+
+
+def test_npy_headers_are_parsed_once_and_bad_ones_every_time():
+    codecs._cached_npy_header.cache_clear()
+    for seed in range(3):
+        batch = decode(npy(digits(5, seed)), "application/x-npy")
+        np.testing.assert_array_equal(batch[:, 0], digits(5, seed) / np.float32(255))
+    assert codecs._cached_npy_header.cache_info().hits == 2 and codecs._cached_npy_header.cache_info().misses == 1
+    bad = npy(digits(1)).replace(b"'shape': (1, 28, 28)", b"'shape': (1, 28, 2x)")
+    for _ in range(2):
+        with pytest.raises(codecs.BadRequest, match="not a .npy array"):
+            decode(bad, "application/x-npy")
+    assert codecs._cached_npy_header.cache_info().currsize == 1
+    # A header longer than the cache takes is read every time, with the same result.
+    text = ("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 784), }"
+            + " " * codecs.NPY_CACHED_HEADER_BYTES + "\n").encode()
+    body = b"\x93NUMPY\x02\x00" + len(text).to_bytes(4, "little") + text + digits(2).tobytes()
+    np.testing.assert_array_equal(decode(body, "application/x-npy").reshape(2, 28, 28), digits(2) / np.float32(255))
+    assert codecs._cached_npy_header.cache_info().currsize == 1
+
+
 @pytest.mark.parametrize("count", [1, 3])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5, 300.0])
 def test_nan_infinity_and_out_of_range_floats_are_refused_naming_the_image(count, bad):
