@@ -31,7 +31,7 @@ DOCKER_BUILD := docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
 # The virtualenv, reinstalled when a requirements file changes (the stamp records the last install).
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements-dev.txt docker/requirements.txt
+$(VENV)/.installed: requirements-dev.txt docker/requirements.txt pyproject.toml container/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@

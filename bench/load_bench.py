@@ -35,11 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mxnet_byoc.train import data as idx  # numpy only
 from serve_bench import CONTAINER, Server, ensure_wrk, mnist_dir, train_model
-
-sys.path.insert(0, str(CONTAINER))
-
-from mxnet_byoc import data as idx  # noqa: E402  (numpy only)
 
 # Per-status counts come from the response() callback of every thread; wrk's summary has the rest.
 WRK_SCRIPT = """

@@ -43,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mxnet_byoc.train import data as idx  # numpy only
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = ROOT / "container"
-sys.path.insert(0, str(CONTAINER))
-
-from mxnet_byoc import data as idx  # noqa: E402  (numpy only)
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -307,7 +306,7 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path, label:
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
     serve = [sys.executable, str(CONTAINER / "serve")]
-    trivial = [sys.executable, "-m", "gunicorn", "--config", "python:mxnet_byoc.gunicorn_config", "trivial_app:app"]
+    trivial = [sys.executable, "-m", "gunicorn", "--config", "python:mxnet_byoc.serve.server", "trivial_app:app"]
     bodies = {"json": work / "one.json", "uint8": work / "batch-uint8.npy", "float32": work / "batch-float32.npy"}
     np.save(bodies["uint8"], images[:1000])
     np.save(bodies["float32"], images[:1000].astype(np.float32) / 255)

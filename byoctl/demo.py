@@ -192,9 +192,7 @@ def _wait_or_kill(proc: subprocess.Popen, group: bool = False) -> None:
 
 def load_test_set(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """MNIST's 10,000 test digits (N, 28, 28) uint8 and labels, read by the image's own IDX reader."""
-    if str(CONTAINER) not in sys.path:
-        sys.path.insert(0, str(CONTAINER))
-    from mxnet_byoc.data import read_idx
+    from mxnet_byoc.train.data import read_idx
 
     images_name, labels_name = CHANNELS["test"]
     return read_idx(folder / images_name), read_idx(folder / labels_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# By file name extension; the server (mxnet_byoc.codecs) accepts exactly these request types.
+# By file name extension; the server (mxnet_byoc.serve.codecs) accepts exactly these request types.
 CONTENT_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",

@@ -2,7 +2,7 @@
 
 A training job is followed by polling DescribeTrainingJob (status and secondary status) and reading
 its CloudWatch log streams for the metric lines that training prints (the regexes of
-mxnet_byoc.metrics, the same ones SageMaker uses). In local mode the container's output reaches
+mxnet_byoc.train.metrics, the same ones SageMaker uses). In local mode the container's output reaches
 this process's stdout; `MetricTee` picks the metric lines out of it.
 """
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Rewrites README.md's generated hyperparameter table from container/mxnet_byoc/hyperparameters.py.
+# Rewrites README.md's generated hyperparameter table from container/mxnet_byoc/train/hyperparameters.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-table=$(cd container && ../.venv/bin/python -m mxnet_byoc.hyperparameters)
+table=$(.venv/bin/python -m mxnet_byoc.train.hyperparameters)
 TABLE="$table" .venv/bin/python - <<'PY'
 import os, re
 readme = open("README.md").read()

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTAINER = ROOT / "container"
-sys.path.insert(0, str(CONTAINER))
 sys.path.insert(0, str(ROOT / "tests"))  # shared helpers such as jobkit (a PyPI package squats on `tests`)
 
 

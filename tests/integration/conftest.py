@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from serve_process import ROOT, Server
 
-from mxnet_byoc import data, inference
+from mxnet_byoc.serve import network
+from mxnet_byoc.train import data
 
 TRAIN = ROOT / "container" / "train"
 
@@ -60,8 +61,8 @@ def digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def reference(trained_model_dir, digits) -> np.ndarray:
-    """The same model's probabilities computed in this process through mxnet_byoc.inference."""
-    model = inference.load(trained_model_dir)
+    """The same model's probabilities computed in this process through mxnet_byoc.serve.network."""
+    model = network.load(trained_model_dir)
     try:
         return model.predict(digits[0].reshape(500, 1, 28, 28).astype(np.float32) / 255)
     finally:

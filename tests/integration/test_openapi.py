@@ -22,8 +22,9 @@ from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from serve_process import ROOT, Server
 
-import predictor
-from mxnet_byoc import codecs, server_config
+from mxnet_byoc.serve import app as predictor
+from mxnet_byoc.serve import codecs
+from mxnet_byoc.serve import settings as serve_settings
 
 DOC = ROOT / "docs" / "openapi.yaml"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -62,7 +63,7 @@ def test_document_is_valid_openapi_3():
 def test_document_lists_exactly_the_routes_the_server_answers(server, tmp_path):
     paths = document()["paths"]
     # Flask's routes (POST /invocations is a WSGI callable in front of Flask: the live check below covers it).
-    app = predictor.create_app(tmp_path / "no-model", server_config.from_env({}))
+    app = predictor.create_app(tmp_path / "no-model", serve_settings.from_env({}))
     assert {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"} <= set(paths)
     for path, item in paths.items():
         for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):

@@ -19,7 +19,7 @@ import pytest
 import requests
 from serve_process import SERVE
 
-from mxnet_byoc import artifacts
+from mxnet_byoc import modeldir
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -72,7 +72,7 @@ def test_an_unusable_model_is_503_with_the_reason_and_the_server_stays_up(start_
                                                                           trained_model_dir):
     base = tmp_path / "ml"
     shutil.copytree(trained_model_dir, base / "model")
-    (base / "model" / artifacts.PARAMS_FILE).write_bytes(b"this is not an MXNet params file")
+    (base / "model" / modeldir.PARAMS_FILE).write_bytes(b"this is not an MXNet params file")
     server = start_server(base)
     server.wait_listening()
     wait_for(lambda: "no usable model" in ping(server).text, what="503 with the reason")
@@ -86,7 +86,7 @@ def test_an_unusable_model_is_503_with_the_reason_and_the_server_stays_up(start_
 def test_model_in_awss_layout_without_our_metadata(start_server, tmp_path, trained_model_dir, digits, reference):
     base = tmp_path / "ml"
     shutil.copytree(trained_model_dir, base / "model")
-    (base / "model" / artifacts.METADATA_FILE).unlink()
+    (base / "model" / modeldir.METADATA_FILE).unlink()
     server = start_server(base)
     server.wait_loaded()
     response = invoke(server, npy(digits[0][:20]))
@@ -99,12 +99,12 @@ def test_module_api_model_ending_in_softmax_output_is_not_softmaxed_twice(start_
     """What AWS's MXNet container trains with the Module API: SoftmaxOutput head, a label input, no metadata."""
     import mxnet as mx
 
-    symbol, args, aux = mx.model.load_checkpoint(str(trained_model_dir / artifacts.PREFIX), artifacts.EPOCH)
+    symbol, args, aux = mx.model.load_checkpoint(str(trained_model_dir / modeldir.PREFIX), modeldir.EPOCH)
     module_symbol = mx.sym.SoftmaxOutput(symbol, name="softmax")
     base = tmp_path / "ml"
     (base / "model").mkdir(parents=True)
-    mx.model.save_checkpoint(str(base / "model" / artifacts.PREFIX), artifacts.EPOCH, module_symbol, args, aux)
-    (base / "model" / artifacts.SHAPES_FILE).write_text(json.dumps([{"name": "data", "shape": [1, 1, 28, 28]}]))
+    mx.model.save_checkpoint(str(base / "model" / modeldir.PREFIX), modeldir.EPOCH, module_symbol, args, aux)
+    (base / "model" / modeldir.SHAPES_FILE).write_text(json.dumps([{"name": "data", "shape": [1, 1, 28, 28]}]))
     server = start_server(base)
     server.wait_loaded()
     np.testing.assert_allclose(probabilities(invoke(server, npy(digits[0][:20]))), reference[:20], atol=1e-5)

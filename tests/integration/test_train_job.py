@@ -21,7 +21,7 @@ import pytest
 
 import jobkit
 from jobkit import TRAIN, VENV_BIN, make_job, write_idx
-from mxnet_byoc import metrics
+from mxnet_byoc.train import metrics
 
 pytestmark = pytest.mark.slow
 N_TRAIN, N_TEST = 6000, 1000

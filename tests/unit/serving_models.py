@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mxnet_byoc import artifacts
+from mxnet_byoc import modeldir
 
 
 def indicator_weights() -> np.ndarray:
@@ -30,7 +30,7 @@ def export_indicator_model(model_dir: Path, classes: list | None = None, head: s
     elif head == "SoftmaxOutput":
         scores = mx.sym.SoftmaxOutput(scores, name="softmax")
     params = {"fc_weight": mx.nd.array(indicator_weights()), "fc_bias": mx.nd.zeros(10)}
-    artifacts.save(scores, params, {}, model_dir, (1, 28, 28), classes if classes is not None else list(range(10)), {})
+    modeldir.save(scores, params, {}, model_dir, (1, 28, 28), classes if classes is not None else list(range(10)), {})
     return model_dir
 
 

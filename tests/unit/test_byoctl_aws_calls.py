@@ -127,7 +127,7 @@ def training_job(name: str, status: str, secondary: str, **extra) -> dict:
 
 
 def expected_metric_definitions() -> list[dict]:
-    from mxnet_byoc import metrics
+    from mxnet_byoc.train import metrics
 
     definitions = metrics.metric_definitions()
     assert [d["Name"] for d in definitions] == METRIC_NAMES

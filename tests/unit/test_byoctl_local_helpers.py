@@ -7,7 +7,7 @@ import io
 import pytest
 
 from byoctl import payloads, progress
-from mxnet_byoc import metrics
+from mxnet_byoc.train import metrics
 
 
 def test_metric_tee_passes_output_through_and_keeps_the_latest_metrics():

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from mxnet_byoc import codecs
+from mxnet_byoc.serve import codecs
 
 SHAPE = (1, 28, 28)
 MUTATIONS = 3000

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mxnet_byoc import contract, environment, hyperparameters
-from mxnet_byoc.contract import ContractError
-from mxnet_byoc.hyperparameters import HyperparameterError
+from mxnet_byoc import modeldir
+from mxnet_byoc.train import environment, hyperparameters
+from mxnet_byoc.train.environment import ContractError
+from mxnet_byoc.train.hyperparameters import HyperparameterError
 
 
 def make_base(tmp_path: Path, channels=("training",), hyperparameters=None, inputdataconfig=None,
@@ -31,7 +32,7 @@ def make_base(tmp_path: Path, channels=("training",), hyperparameters=None, inpu
 
 def test_modules_without_mxnet():
     # contract, hyperparameters and data must stay importable without MXNet: their tests are instant.
-    code = ("import sys; import mxnet_byoc.contract, mxnet_byoc.hyperparameters, mxnet_byoc.data; "
+    code = ("import sys; import mxnet_byoc.train.environment, mxnet_byoc.train.hyperparameters, mxnet_byoc.train.data; "
             "assert 'mxnet' not in sys.modules, 'mxnet imported'")
     container = Path(__file__).resolve().parents[2] / "container"
     done = subprocess.run([sys.executable, "-c", code], cwd=container, capture_output=True, text=True)
@@ -40,7 +41,7 @@ def test_modules_without_mxnet():
 
 def test_paths_are_rooted_at_the_base_dir(tmp_path):
     base = make_base(tmp_path)
-    env = contract.load(base)
+    env = environment.load(base)
     assert env.paths.model == base / "model"
     assert env.paths.output_data == base / "output" / "data"
     assert env.paths.failure == base / "output" / "failure"
@@ -49,35 +50,35 @@ def test_paths_are_rooted_at_the_base_dir(tmp_path):
 
 def test_sagemaker_base_dir_moves_everything(tmp_path, monkeypatch):
     base = make_base(tmp_path, hyperparameters={"epochs": "3"})
-    monkeypatch.setenv(environment.BASE_DIR, str(base))
-    env = contract.load()
+    monkeypatch.setenv(modeldir.BASE_DIR, str(base))
+    env = environment.load()
     assert env.paths.base == base
     assert env.hyperparameters["epochs"] == 3
     assert env.checkpoint_dir == base / "checkpoints"
 
 
 def test_default_base_dir_is_opt_ml(monkeypatch):
-    monkeypatch.delenv(environment.BASE_DIR, raising=False)
-    assert environment.base_dir() == Path("/opt/ml")
+    monkeypatch.delenv(modeldir.BASE_DIR, raising=False)
+    assert modeldir.base_dir() == Path("/opt/ml")
 
 
 def test_hyperparameters_are_parsed_and_defaults_filled(tmp_path):
     base = make_base(tmp_path, hyperparameters={"epochs": "3", "optimizer": '"sgd"', "batch-size": "64",
                                                 "sagemaker_program": '"x.py"'})
-    hps = contract.load(base).hyperparameters
+    hps = environment.load(base).hyperparameters
     assert (hps["epochs"], hps["optimizer"], hps["batch_size"], hps["model"]) == (3, "sgd", 64, "cnn")
     assert "sagemaker_program" not in hps
 
 
 def test_missing_hyperparameters_file_means_defaults(tmp_path):
-    env = contract.load(make_base(tmp_path))
+    env = environment.load(make_base(tmp_path))
     assert env.hyperparameters == hyperparameters.defaults()
 
 
 def test_bad_hyperparameter_fails_the_load(tmp_path):
     base = make_base(tmp_path, hyperparameters={"epochs": "lots"})
     with pytest.raises(HyperparameterError, match="'epochs'.*'lots'.*integer"):
-        contract.load(base)
+        environment.load(base)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -87,7 +88,7 @@ def test_bad_hyperparameter_fails_the_load(tmp_path):
 def test_unreadable_hyperparameters_file(tmp_path, content, message):
     base = make_base(tmp_path, hyperparameters=content)
     with pytest.raises(ContractError, match=message):
-        contract.load(base)
+        environment.load(base)
 
 
 def test_channels_from_inputdataconfig(tmp_path):
@@ -98,7 +99,7 @@ def test_channels_from_inputdataconfig(tmp_path):
                  "RecordWrapperType": "None"},
     }
     base = make_base(tmp_path, channels=("training", "test"), inputdataconfig=config)
-    env = contract.load(base)
+    env = environment.load(base)
     assert sorted(env.channels) == ["test", "training"]
     train = env.training
     assert (train.input_mode, train.distribution, train.content_type) == ("File", "ShardedByS3Key",
@@ -111,7 +112,7 @@ def test_channels_from_inputdataconfig(tmp_path):
 def test_channels_from_folders_without_inputdataconfig(tmp_path):
     base = make_base(tmp_path, channels=("training", "validation", "extra"))
     (base / "input" / "data" / "notes.txt").write_text("a stray file is not a channel")
-    env = contract.load(base)
+    env = environment.load(base)
     assert sorted(env.channels) == ["extra", "training", "validation"]
     assert env.training.input_mode == "File"
     assert env.validation.name == "validation"
@@ -120,7 +121,7 @@ def test_channels_from_folders_without_inputdataconfig(tmp_path):
 def test_training_channel_is_required(tmp_path):
     base = make_base(tmp_path, channels=("test",))
     with pytest.raises(ContractError) as e:
-        contract.load(base)
+        environment.load(base)
     assert "'training'" in str(e.value)
     assert str(base / "input" / "data" / "training") in str(e.value)
     assert "test" in str(e.value)  # the channels that were found
@@ -129,34 +130,34 @@ def test_training_channel_is_required(tmp_path):
 def test_training_channel_required_even_with_no_data_folder(tmp_path):
     base = make_base(tmp_path, channels=())
     with pytest.raises(ContractError, match="no 'training' channel.*none"):
-        contract.load(base)
+        environment.load(base)
 
 
 def test_declared_channel_without_its_folder(tmp_path):
     config = {"training": {"TrainingInputMode": "File"}, "test": {"TrainingInputMode": "File"}}
     base = make_base(tmp_path, channels=("training",), inputdataconfig=config)
     with pytest.raises(ContractError, match="'test'.*does not exist"):
-        contract.load(base)
+        environment.load(base)
 
 
 def test_validation_channel_is_optional(tmp_path):
-    env = contract.load(make_base(tmp_path, channels=("training",)))
+    env = environment.load(make_base(tmp_path, channels=("training",)))
     assert env.validation is None
 
 
 def test_test_channel_is_preferred_over_validation(tmp_path):
-    env = contract.load(make_base(tmp_path, channels=("training", "validation", "test")))
+    env = environment.load(make_base(tmp_path, channels=("training", "validation", "test")))
     assert env.validation.name == "test"
 
 
 def test_pipe_mode_is_refused_with_a_reason(tmp_path):
     base = make_base(tmp_path, inputdataconfig={"training": {"TrainingInputMode": "Pipe"}})
     with pytest.raises(ContractError, match="'training'.*Pipe.*File"):
-        contract.load(base)
+        environment.load(base)
 
 
 def test_no_resourceconfig_means_one_host_algo_1(tmp_path):
-    res = contract.load(make_base(tmp_path)).resources
+    res = environment.load(make_base(tmp_path)).resources
     assert (res.current_host, res.hosts) == ("algo-1", ["algo-1"])
     assert res.is_master and res.rank == 0 and not res.distributed
 
@@ -168,7 +169,7 @@ def test_resourceconfig_hosts_are_sorted_and_rank_follows(tmp_path):
         "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": "ml.c5.xlarge",
                              "hosts": ["algo-1", "algo-2"]}],
     })
-    res = contract.load(base).resources
+    res = environment.load(base).resources
     assert res.hosts == ["algo-1", "algo-2"]
     assert res.current_host == "algo-2" and res.rank == 1
     assert not res.is_master and res.distributed
@@ -182,36 +183,36 @@ def test_resourceconfig_hosts_are_sorted_and_rank_follows(tmp_path):
 ])
 def test_bad_resourceconfig(tmp_path, config, message):
     with pytest.raises(ContractError, match=message):
-        contract.load(make_base(tmp_path, resourceconfig=config))
+        environment.load(make_base(tmp_path, resourceconfig=config))
 
 
 def test_checkpoints_default_under_base_dir(tmp_path):
     base = make_base(tmp_path)
-    assert contract.load(base).checkpoint_dir == base / "checkpoints"
+    assert environment.load(base).checkpoint_dir == base / "checkpoints"
 
 
 def test_checkpointconfig_local_path_wins(tmp_path):
     local = tmp_path / "elsewhere" / "ckpt"
     base = make_base(tmp_path, checkpointconfig={"LocalPath": str(local), "S3Uri": "s3://bucket/ckpt"})
-    assert contract.load(base).checkpoint_dir == local
+    assert environment.load(base).checkpoint_dir == local
 
 
 def test_checkpointconfig_without_local_path_keeps_the_default(tmp_path):
     base = make_base(tmp_path, checkpointconfig={"S3Uri": "s3://bucket/ckpt"})
-    assert contract.load(base).checkpoint_dir == base / "checkpoints"
+    assert environment.load(base).checkpoint_dir == base / "checkpoints"
 
 
 def test_job_name_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(environment.TRAINING_JOB_NAME, "mnist-2024-01-01")
-    assert contract.load(make_base(tmp_path)).job_name == "mnist-2024-01-01"
+    assert environment.load(make_base(tmp_path)).job_name == "mnist-2024-01-01"
 
 
 def test_write_failure_first_line_is_the_reason_then_the_traceback(tmp_path):
-    paths = contract.Paths(tmp_path / "ml")
+    paths = environment.Paths(tmp_path / "ml")
     try:
         raise ValueError("deep cause")
     except ValueError as exc:
-        contract.write_failure(paths, "the training channel\nis empty", exc)
+        environment.write_failure(paths, "the training channel\nis empty", exc)
     text = paths.failure.read_text()
     first, rest = text.split("\n", 1)
     assert first == "the training channel is empty"
@@ -219,8 +220,8 @@ def test_write_failure_first_line_is_the_reason_then_the_traceback(tmp_path):
 
 
 def test_write_failure_keeps_the_first_line_within_sagemakers_limit(tmp_path):
-    paths = contract.Paths(tmp_path / "ml")
-    contract.write_failure(paths, "x" * 5000)
+    paths = environment.Paths(tmp_path / "ml")
+    environment.write_failure(paths, "x" * 5000)
     text = paths.failure.read_text()
-    assert text == "x" * (contract.FAILURE_LIMIT - 1) + "\n"
-    assert len(text) <= contract.FAILURE_LIMIT
+    assert text == "x" * (environment.FAILURE_LIMIT - 1) + "\n"
+    assert len(text) <= environment.FAILURE_LIMIT

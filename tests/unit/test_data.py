@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mxnet_byoc import data
-from mxnet_byoc.data import DataError
+from mxnet_byoc.train import data
+from mxnet_byoc.train.data import DataError
 
 TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
               np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}

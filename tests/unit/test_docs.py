@@ -2,7 +2,7 @@
 
 import re
 
-from mxnet_byoc import hyperparameters, metrics
+from mxnet_byoc.train import hyperparameters, metrics
 
 
 def test_readme_hyperparameter_table_is_generated_from_specs(repo_root):

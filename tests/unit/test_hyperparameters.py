@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mxnet_byoc import hyperparameters as hp
-from mxnet_byoc.hyperparameters import HyperparameterError, parse
+from mxnet_byoc.train import hyperparameters as hp
+from mxnet_byoc.train.hyperparameters import HyperparameterError, parse
 
 
 def test_empty_map_gives_the_documented_defaults():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mxnet_byoc import data, images
+from mxnet_byoc.serve import pictures
+from mxnet_byoc.train import data
 
 SHAPE = (1, 28, 28)
 
@@ -36,7 +37,7 @@ def photo_of(digit: np.ndarray, scale: int = 7, margin: int = 40) -> np.ndarray:
 
 def test_an_mnist_digit_comes_out_as_it_went_in(digits):
     for digit in digits:
-        out = images.to_model_input(encode(digit), SHAPE)
+        out = pictures.to_model_input(encode(digit), SHAPE)
         assert out.shape == SHAPE and out.dtype == np.float32
         assert 0 <= out.min() and out.max() <= 1
         assert np.abs(out[0] - digit / 255).mean() < 0.01
@@ -45,14 +46,14 @@ def test_an_mnist_digit_comes_out_as_it_went_in(digits):
 def test_large_dark_on_light_colour_photo_matches_the_digit(digits):
     scores = []
     for digit in digits[:20]:
-        out = images.to_model_input(encode(photo_of(digit), "RGB"), SHAPE)
+        out = pictures.to_model_input(encode(photo_of(digit), "RGB"), SHAPE)
         scores.append(correlation(out[0], digit))
     assert np.median(scores) > 0.9
 
 
 def test_jpeg_is_read_like_png(digits):
     digit = digits[0]
-    out = images.to_model_input(encode(photo_of(digit), "RGB", "JPEG", quality=90), SHAPE)
+    out = pictures.to_model_input(encode(photo_of(digit), "RGB", "JPEG", quality=90), SHAPE)
     assert correlation(out[0], digit) > 0.85
 
 
@@ -62,7 +63,7 @@ def test_ink_on_a_transparent_canvas(digits):
         rgba = np.zeros((28 * 4, 28 * 4, 4), dtype=np.uint8)
         rgba[..., :3] = ink
         rgba[..., 3] = np.asarray(Image.fromarray(digit).resize((28 * 4, 28 * 4), Image.Resampling.BILINEAR))
-        out = images.to_model_input(encode(rgba, "RGBA"), SHAPE)
+        out = pictures.to_model_input(encode(rgba, "RGBA"), SHAPE)
         assert correlation(out[0], digit) > 0.9, ink
 
 
@@ -73,18 +74,18 @@ def test_exif_orientation_is_applied(digits):
     exif[0x0112] = 6  # ... with "rotate 90 degrees clockwise to display"
     buffer = io.BytesIO()
     rotated.save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
-    out = images.to_model_input(buffer.getvalue(), SHAPE)
+    out = pictures.to_model_input(buffer.getvalue(), SHAPE)
     assert correlation(out[0], digit) > 0.85
 
 
 def test_blank_picture_gives_an_empty_input():
     for level in (0, 255, 128):
-        out = images.to_model_input(encode(np.full((50, 40), level, dtype=np.uint8)), SHAPE)
+        out = pictures.to_model_input(encode(np.full((50, 40), level, dtype=np.uint8)), SHAPE)
         assert not out.any()
 
 
 def test_size_and_channels_come_from_the_input_shape(digits):
-    out = images.to_model_input(encode(digits[3]), (3, 32, 20))
+    out = pictures.to_model_input(encode(digits[3]), (3, 32, 20))
     assert out.shape == (3, 32, 20)
     assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
     rows, cols = np.flatnonzero(out[0].any(axis=1)), np.flatnonzero(out[0].any(axis=0))
@@ -93,13 +94,13 @@ def test_size_and_channels_come_from_the_input_shape(digits):
 
 @pytest.mark.parametrize("body", [b"", b"not a picture", b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
 def test_unreadable_bodies_are_refused(body):
-    with pytest.raises(images.ImageError, match="not a readable PNG or JPEG"):
-        images.to_model_input(body, SHAPE)
+    with pytest.raises(pictures.ImageError, match="not a readable PNG or JPEG"):
+        pictures.to_model_input(body, SHAPE)
 
 
 def test_other_formats_are_refused(digits):
-    with pytest.raises(images.ImageError, match="not a readable PNG or JPEG"):
-        images.to_model_input(encode(digits[0], "L", "GIF"), SHAPE)
+    with pytest.raises(pictures.ImageError, match="not a readable PNG or JPEG"):
+        pictures.to_model_input(encode(digits[0], "L", "GIF"), SHAPE)
 
 
 def test_huge_pictures_are_refused_before_decoding():
@@ -107,5 +108,5 @@ def test_huge_pictures_are_refused_before_decoding():
     buffer = io.BytesIO()
     picture.save(buffer, "PNG")
     assert len(buffer.getvalue()) < 100_000
-    with pytest.raises(images.ImageError, match="8000x6000"):
-        images.to_model_input(buffer.getvalue(), SHAPE)
+    with pytest.raises(pictures.ImageError, match="8000x6000"):
+        pictures.to_model_input(buffer.getvalue(), SHAPE)

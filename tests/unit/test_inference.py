@@ -1,4 +1,4 @@
-"""mxnet_byoc.inference: MXNet's C predict API on a tiny model with known answers."""
+"""mxnet_byoc.serve.network: MXNet's C predict API on a tiny model with known answers."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from serving_models import expected_probabilities, export_indicator_model
 
-from mxnet_byoc import artifacts, inference
+from mxnet_byoc import modeldir
+from mxnet_byoc.serve import network
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    loaded = inference.load(export_indicator_model(tmp_path_factory.mktemp("logits") / "model"))
+    loaded = network.load(export_indicator_model(tmp_path_factory.mktemp("logits") / "model"))
     yield loaded
     loaded.close()
 
@@ -40,7 +41,7 @@ def test_any_batch_size_gives_the_same_answers_as_one_image_at_a_time(model, cou
 
 @pytest.mark.parametrize("head", ["softmax", "SoftmaxOutput"])
 def test_networks_ending_in_probabilities_are_not_softmaxed_twice(tmp_path, head):
-    loaded = inference.load(export_indicator_model(tmp_path / "model", head=head))
+    loaded = network.load(export_indicator_model(tmp_path / "model", head=head))
     try:
         x = batch(70)
         np.testing.assert_allclose(loaded.predict(x), expected_probabilities(x), atol=1e-6)
@@ -50,8 +51,8 @@ def test_networks_ending_in_probabilities_are_not_softmaxed_twice(tmp_path, head
 
 def test_without_metadata_classes_come_from_the_output_width(tmp_path):
     model_dir = export_indicator_model(tmp_path / "model")
-    (model_dir / artifacts.METADATA_FILE).unlink()
-    loaded = inference.load(model_dir)
+    (model_dir / modeldir.METADATA_FILE).unlink()
+    loaded = network.load(model_dir)
     try:
         assert loaded.classes == list(range(10)) and loaded.input_shape == (1, 28, 28)
     finally:
@@ -69,6 +70,6 @@ def test_predict_refuses_arrays_it_cannot_pass_to_mxnet_as_they_are(model, x):
 
 def test_a_symbol_that_is_not_json_is_a_model_dir_error(tmp_path):
     model_dir = export_indicator_model(tmp_path / "model")
-    (model_dir / artifacts.SYMBOL_FILE).write_text(json.dumps({"nodes": []}))
-    with pytest.raises(artifacts.ModelDirError, match="model-symbol.json"):
-        inference.load(model_dir)
+    (model_dir / modeldir.SYMBOL_FILE).write_text(json.dumps({"nodes": []}))
+    with pytest.raises(modeldir.ModelDirError, match="model-symbol.json"):
+        network.load(model_dir)

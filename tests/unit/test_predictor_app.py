@@ -15,14 +15,15 @@ import pytest
 from PIL import Image
 from serving_models import export_indicator_model, image_of
 
-import predictor
-from mxnet_byoc import artifacts, server_config
+from mxnet_byoc import modeldir
+from mxnet_byoc.serve import app as predictor
+from mxnet_byoc.serve import settings
 
 LIMIT_MB = 1
 
 
-def config(**changes) -> server_config.ServerConfig:
-    return server_config.ServerConfig(**{
+def config(**changes) -> settings.ServerConfig:
+    return settings.ServerConfig(**{
         "host": "127.0.0.1", "port": 8080, "workers": 2, "timeout_s": 60, "max_payload_mb": LIMIT_MB,
         "batch_strategy": "MULTI_RECORD", "default_accept": "application/json", **changes,
     })
@@ -229,12 +230,12 @@ def test_a_model_that_appears_later_is_loaded(tmp_path, model_dir):
 @pytest.mark.parametrize(
     "breakage, fragment",
     [
-        (lambda d: (d / artifacts.SYMBOL_FILE).write_text("{ not json"), "model-symbol.json"),
-        (lambda d: (d / artifacts.PARAMS_FILE).write_bytes(b"\0" * 64), "MXNet cannot load the model"),
-        (lambda d: (d / artifacts.PARAMS_FILE).unlink(), "model-0000.params is missing"),
-        (lambda d: (d / artifacts.METADATA_FILE).write_text(json.dumps(
+        (lambda d: (d / modeldir.SYMBOL_FILE).write_text("{ not json"), "model-symbol.json"),
+        (lambda d: (d / modeldir.PARAMS_FILE).write_bytes(b"\0" * 64), "MXNet cannot load the model"),
+        (lambda d: (d / modeldir.PARAMS_FILE).unlink(), "model-0000.params is missing"),
+        (lambda d: (d / modeldir.METADATA_FILE).write_text(json.dumps(
             {"input_shape": [1, 28, 28], "classes": ["a", "b"]})), "lists 2 classes but the network outputs 10"),
-        (lambda d: (d / artifacts.METADATA_FILE).write_text(json.dumps(
+        (lambda d: (d / modeldir.METADATA_FILE).write_text(json.dumps(
             {"input_shape": [1, 27, 27], "classes": list(range(10))})), "MXNet cannot load the model"),
     ],
 )

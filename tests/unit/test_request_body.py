@@ -11,8 +11,8 @@ import pytest
 from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 
-import predictor
-from mxnet_byoc import codecs
+from mxnet_byoc.serve import app as predictor
+from mxnet_byoc.serve import codecs
 
 LIMIT = 8 * 1024 * 1024
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mxnet_byoc import server_config
-from mxnet_byoc.server_config import ConfigError, from_env
+from mxnet_byoc.serve import settings
+from mxnet_byoc.serve.settings import ConfigError, from_env
 
 
 def test_defaults_follow_sagemaker():
     config = from_env({})
     assert (config.host, config.port, config.timeout_s) == ("0.0.0.0", 8080, 60)
-    assert config.workers == server_config.cpu_count() >= 1
+    assert config.workers == settings.cpu_count() >= 1
     assert config.max_payload_mb == 6 and config.max_payload_bytes == 6 * 1024 * 1024
     assert config.default_accept == "application/json"
     assert config.execution_parameters() == {
@@ -35,11 +35,11 @@ def test_sagemaker_variables_are_read():
 
 
 def test_zero_payload_limit_means_the_batch_maximum():
-    assert from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}).max_payload_mb == server_config.BATCH_MAX_PAYLOAD_MB
+    assert from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}).max_payload_mb == settings.BATCH_MAX_PAYLOAD_MB
 
 
 def test_graceful_shutdown_ends_before_sagemakers_sigkill():
-    assert server_config.GRACEFUL_TIMEOUT_S < 30
+    assert settings.GRACEFUL_TIMEOUT_S < 30
 
 
 @pytest.mark.parametrize(
@@ -62,4 +62,4 @@ def test_bad_values_name_the_variable(env, message):
 def test_cpu_count_is_positive_and_within_the_affinity_mask():
     import os
 
-    assert 1 <= server_config.cpu_count() <= len(os.sched_getaffinity(0))
+    assert 1 <= settings.cpu_count() <= len(os.sched_getaffinity(0))

@@ -1,4 +1,4 @@
-"""README.md shows the metric definitions the Estimator gets: they must be mxnet_byoc.metrics' own."""
+"""README.md shows the metric definitions the Estimator gets: they must be mxnet_byoc.train.metrics' own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from mxnet_byoc import metrics
+from mxnet_byoc.train import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIR = re.compile(r'\{"Name": "([a-z_]+)", "Regex": r"([^"]+)"\}')

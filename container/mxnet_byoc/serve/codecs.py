@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from . import images
+from . import pictures
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -386,8 +386,8 @@ def _read_npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtyp
 
 def _decode_image(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
     try:
-        picture = images.to_model_input(body, input_shape)
-    except images.ImageError as e:
+        picture = pictures.to_model_input(body, input_shape)
+    except pictures.ImageError as e:
         raise BadRequest(str(e)) from None
     return picture[np.newaxis]
 

@@ -1,4 +1,4 @@
-"""gunicorn's settings for `serve` (`gunicorn -c python:mxnet_byoc.gunicorn_config`), from ServerConfig.
+"""gunicorn's settings for `serve` (`gunicorn -c python:mxnet_byoc.serve.server`), from ServerConfig.
 
 sync workers: one request at a time per worker, one worker per CPU by default (gthread workers gained
 nothing in measurements). Each worker loads its own copy of the model after the fork.
@@ -16,20 +16,20 @@ import sys
 import gunicorn.util
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
-from mxnet_byoc import environment, server_config
+from . import settings
 
-_config = server_config.from_env()
+_config = settings.from_env()
 
 # Before any worker loads libmxnet.so: one OpenMP thread per worker (the workers already fill the
 # CPUs) and MXNet's synchronous engine, which saves a thread hand-off per operator.
-os.environ.setdefault(environment.OMP_NUM_THREADS, "1")
-os.environ.setdefault(environment.MXNET_ENGINE_TYPE, "NaiveEngine")
+os.environ.setdefault(settings.OMP_NUM_THREADS, "1")
+os.environ.setdefault(settings.MXNET_ENGINE_TYPE, "NaiveEngine")
 
 bind = [f"{_config.host}:{_config.port}"]
 workers = _config.workers
-worker_class = "mxnet_byoc.gunicorn_config.SyncWorker"
+worker_class = "mxnet_byoc.serve.server.SyncWorker"
 timeout = _config.timeout_s
-graceful_timeout = server_config.GRACEFUL_TIMEOUT_S
+graceful_timeout = settings.GRACEFUL_TIMEOUT_S
 proc_name = "mxnet-byoc-serve"
 # The heartbeat file on tmpfs: a slow or overlay disk can stall it and get healthy workers killed.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -85,7 +85,7 @@ def post_worker_init(worker: object) -> None:
     # Take connections only once the model is loaded (or failed to load): a worker started in place of a
     # dead one would otherwise answer 503 to requests and pings that the other workers could serve.
     # Bounded well below `timeout`, after which gunicorn kills a worker that has not reported in.
-    predictor = sys.modules.get("predictor")  # absent when gunicorn serves another app (bench/trivial_app.py)
+    predictor = sys.modules.get("mxnet_byoc.serve.app")  # absent when it serves another app (bench)
     loader = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(predictor.LOADER_KEY) if predictor else None
     if loader is not None:
         loader.wait_first_attempt(_config.timeout_s / 2)

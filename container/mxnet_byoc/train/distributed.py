@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .contract import Resources, TrainingError
+from .environment import Resources, TrainingError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import codecs, environment
+from . import codecs
+
+# SageMaker's variables (and those of AWS's own model servers, which users of those know).
+BIND_TO_PORT = "SAGEMAKER_BIND_TO_PORT"
+MODEL_SERVER_WORKERS = "SAGEMAKER_MODEL_SERVER_WORKERS"
+MODEL_SERVER_TIMEOUT = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
+MAX_PAYLOAD_IN_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
+DEFAULT_INVOCATIONS_ACCEPT = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+SERVE_HOST = "MXNET_BYOC_SERVE_HOST"  # interface `serve` binds; 0.0.0.0 in the image, 127.0.0.1 in tests
+# MXNet's and OpenMP's own variables, which `serve` gives defaults for every worker.
+MXNET_LIBRARY_PATH = "MXNET_LIBRARY_PATH"  # libmxnet.so to load, as MXNet's own loader reads it
+MXNET_ENGINE_TYPE = "MXNET_ENGINE_TYPE"
+OMP_NUM_THREADS = "OMP_NUM_THREADS"
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
@@ -58,20 +71,20 @@ class ServerConfig:
 
 def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
     env = os.environ if env is None else env
-    payload = _int(env, environment.MAX_PAYLOAD_IN_MB, DEFAULT_MAX_PAYLOAD_MB, minimum=0)
-    strategy = (env.get(environment.BATCH_STRATEGY) or "MULTI_RECORD").strip().upper()
+    payload = _int(env, MAX_PAYLOAD_IN_MB, DEFAULT_MAX_PAYLOAD_MB, minimum=0)
+    strategy = (env.get(BATCH_STRATEGY) or "MULTI_RECORD").strip().upper()
     if strategy not in BATCH_STRATEGIES:
-        raise ConfigError(f"{environment.BATCH_STRATEGY}={strategy!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
-    accept = codecs.media_type(env.get(environment.DEFAULT_INVOCATIONS_ACCEPT) or codecs.JSON)
+        raise ConfigError(f"{BATCH_STRATEGY}={strategy!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
+    accept = codecs.media_type(env.get(DEFAULT_INVOCATIONS_ACCEPT) or codecs.JSON)
     if accept not in codecs.RESPONSE_TYPES:
         raise ConfigError(
-            f"{environment.DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(codecs.RESPONSE_TYPES)}"
+            f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(codecs.RESPONSE_TYPES)}"
         )
     return ServerConfig(
-        host=(env.get(environment.SERVE_HOST) or DEFAULT_HOST).strip(),
-        port=_int(env, environment.BIND_TO_PORT, DEFAULT_PORT, minimum=1, maximum=65535),
-        workers=_int(env, environment.MODEL_SERVER_WORKERS, cpu_count(), minimum=1),
-        timeout_s=_int(env, environment.MODEL_SERVER_TIMEOUT, DEFAULT_TIMEOUT_S, minimum=1),
+        host=(env.get(SERVE_HOST) or DEFAULT_HOST).strip(),
+        port=_int(env, BIND_TO_PORT, DEFAULT_PORT, minimum=1, maximum=65535),
+        workers=_int(env, MODEL_SERVER_WORKERS, cpu_count(), minimum=1),
+        timeout_s=_int(env, MODEL_SERVER_TIMEOUT, DEFAULT_TIMEOUT_S, minimum=1),
         max_payload_mb=payload or BATCH_MAX_PAYLOAD_MB,
         batch_strategy=strategy,
         default_accept=accept,

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts, environment
+from .. import modeldir
+from . import settings
 
 BATCH_SIZES = (128, 32, 8, 1)  # largest first: the greedy split takes the largest that fits
 PROBABILITY_HEADS = {"softmax", "SoftmaxActivation"}  # networks that already end in probabilities
@@ -44,7 +45,7 @@ def library() -> ctypes.CDLL:
     global _lib
     with _lib_lock:
         if _lib is None:
-            path = os.environ.get(environment.MXNET_LIBRARY_PATH) or _packaged_library()
+            path = os.environ.get(settings.MXNET_LIBRARY_PATH) or _packaged_library()
             lib = ctypes.CDLL(path, ctypes.RTLD_LOCAL)
             lib.MXGetLastError.restype = ctypes.c_char_p
             # Declared so that plain ints pass as pointers and sizes: this is the per-request path.
@@ -78,17 +79,17 @@ class Model:
 
     def __init__(self, model_dir: Path | str):
         self.model_dir = Path(model_dir)
-        self.info = artifacts.load_info(self.model_dir)
+        self.info = modeldir.load_info(self.model_dir)
         self.input_shape: tuple[int, ...] = tuple(self.info.input_shape)
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise artifacts.ModelDirError(
+            raise modeldir.ModelDirError(
                 f"{self.model_dir}: input shape {list(self.input_shape)} is not (channels, height, width)"
             )
         self._per_image = math.prod(self.input_shape)
         self._in_bytes = self._per_image * 4
         self._lib = library()
-        symbol_json = _with_softmax(_read(self.model_dir / artifacts.SYMBOL_FILE))
-        params = _read(self.model_dir / artifacts.PARAMS_FILE)
+        symbol_json = _with_softmax(_read(self.model_dir / modeldir.SYMBOL_FILE))
+        params = _read(self.model_dir / modeldir.PARAMS_FILE)
         self._lock = threading.Lock()
         self._handles: dict[int, ctypes.c_void_p] = {}
         self._key = self.info.input_name.encode()
@@ -98,7 +99,7 @@ class Model:
                 self._handles[size] = self._reshape(first, size)
         except InferenceError as e:
             self.close()
-            raise artifacts.ModelDirError(f"MXNet cannot load the model in {self.model_dir}: {e}") from None
+            raise modeldir.ModelDirError(f"MXNet cannot load the model in {self.model_dir}: {e}") from None
         self.num_classes = self._output_width(first)
         self._out_bytes = self.num_classes * 4
         self._chunks = [(size, self._handles[size], size * self._per_image, size * self.num_classes)
@@ -106,8 +107,8 @@ class Model:
         classes = self.info.classes or list(range(self.num_classes))
         if len(classes) != self.num_classes:
             self.close()
-            raise artifacts.ModelDirError(
-                f"{self.model_dir}: {artifacts.METADATA_FILE} lists {len(classes)} classes but the network "
+            raise modeldir.ModelDirError(
+                f"{self.model_dir}: {modeldir.METADATA_FILE} lists {len(classes)} classes but the network "
                 f"outputs {self.num_classes} scores"
             )
         self.classes: list[Any] = classes
@@ -137,7 +138,7 @@ class Model:
         for size in BATCH_SIZES:
             probabilities = self.predict(np.zeros((size, *self.input_shape), dtype=np.float32))
             if not np.all(np.isfinite(probabilities)) or not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3):
-                raise artifacts.ModelDirError(
+                raise modeldir.ModelDirError(
                     f"{self.model_dir}: warm-up prediction gave no valid probabilities (NaN or not summing to 1)"
                 )
 
@@ -176,12 +177,12 @@ class Model:
         _check(library().MXPredGetOutputShape(handle, ctypes.c_uint32(0), ctypes.byref(data), ctypes.byref(ndim)))
         shape = [data[i] for i in range(ndim.value)]
         if len(shape) < 2 or shape[0] != BATCH_SIZES[-1]:
-            raise artifacts.ModelDirError(f"{self.model_dir}: network output shape {shape} is not (batch, classes)")
+            raise modeldir.ModelDirError(f"{self.model_dir}: network output shape {shape} is not (batch, classes)")
         return math.prod(shape[1:])
 
 
 def load(model_dir: Path | str) -> Model:
-    """Load and warm up the model in `model_dir`; raises `artifacts.ModelDirError` saying what is wrong."""
+    """Load and warm up the model in `model_dir`; raises `modeldir.ModelDirError` saying what is wrong."""
     model = Model(model_dir)
     model.warm_up()
     return model
@@ -191,7 +192,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise artifacts.ModelDirError(f"cannot read {path}: {e}") from None
+        raise modeldir.ModelDirError(f"cannot read {path}: {e}") from None
 
 
 def _with_softmax(symbol_json: bytes) -> bytes:
@@ -211,7 +212,7 @@ def _with_softmax(symbol_json: bytes) -> bytes:
             graph["heads"] = [node["inputs"][0]]
             symbol_json = json.dumps(graph).encode()
     except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise artifacts.ModelDirError(f"{artifacts.SYMBOL_FILE} is not an MXNet symbol: {e!r}") from None
+        raise modeldir.ModelDirError(f"{modeldir.SYMBOL_FILE} is not an MXNet symbol: {e!r}") from None
     lib = library()
     symbol, output, softmax, op = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
     try:
@@ -226,7 +227,7 @@ def _with_softmax(symbol_json: bytes) -> bytes:
         _check(lib.MXSymbolSaveToJSON(softmax, ctypes.byref(text)))
         return bytes(text.value or b"")
     except InferenceError as e:
-        raise artifacts.ModelDirError(f"{artifacts.SYMBOL_FILE} cannot be read by MXNet: {e}") from None
+        raise modeldir.ModelDirError(f"{modeldir.SYMBOL_FILE} cannot be read by MXNet: {e}") from None
     finally:
         for handle in (symbol, output, softmax):
             if handle.value:

@@ -21,9 +21,9 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
-from . import checkpoints, data, distributed, host_ops, metrics, models
-from .contract import Stopped, TrainingError
+from . import checkpoints, data, distributed, hostpath, metrics, models
 from .data import Dataset
+from .environment import Stopped, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +121,20 @@ class Optimizer:
             self.states = []
         self.host = host and cfg.optimizer == "sgd"
         if self.host:
-            self._w = host_ops.view(weights)
-            self._mom = host_ops.view(self.states[0]) if self.states else None
+            self._w = hostpath.view(weights)
+            self._mom = hostpath.view(self.states[0]) if self.states else None
 
     def update(self, grads: mx.nd.NDArray, lr: float, t: int, host_grads=None) -> None:
         cfg, w = self.cfg, self.weights
         if self.host and host_grads is not None:
             # MXNet's sgd(_mom)_update semantics: g' = rescale * g + wd * w; mom = m * mom - lr * g'; w += mom
             if self._mom is None:
-                host_ops.axpby(-lr * self.rescale, host_grads, 1.0 - lr * cfg.wd, self._w)
+                hostpath.axpby(-lr * self.rescale, host_grads, 1.0 - lr * cfg.wd, self._w)
             else:
-                host_ops.axpby(-lr * self.rescale, host_grads, cfg.momentum, self._mom)
+                hostpath.axpby(-lr * self.rescale, host_grads, cfg.momentum, self._mom)
                 if cfg.wd:
-                    host_ops.axpby(-lr * cfg.wd, self._w, 1.0, self._mom)
-                host_ops.axpby(1.0, self._mom, 1.0, self._w)
+                    hostpath.axpby(-lr * cfg.wd, self._w, 1.0, self._mom)
+                hostpath.axpby(1.0, self._mom, 1.0, self._w)
         elif cfg.optimizer == "adam":
             # MXNet's adam_update leaves bias correction to the caller (as Gluon's Adam does).
             lr = lr * math.sqrt(1 - self.BETA2 ** t) / (1 - self.BETA1 ** t)
@@ -182,10 +182,10 @@ class Replica:
         self.stats = mx.nd.zeros(2, ctx=ctx)
         self.host = host
         if host:
-            self._fast = host_ops.Executor(self.exe)
-            self._data, self._label = host_ops.view(self.data), host_ops.view(self.label)
-            self._stats, self._stats_out = host_ops.view(self.stats), host_ops.view(self.exe.outputs[1])
-            self.host_weights, self.host_grads = host_ops.view(self.weights), host_ops.view(self.grads)
+            self._fast = hostpath.Executor(self.exe)
+            self._data, self._label = hostpath.view(self.data), hostpath.view(self.label)
+            self._stats, self._stats_out = hostpath.view(self.stats), hostpath.view(self.exe.outputs[1])
+            self.host_weights, self.host_grads = hostpath.view(self.weights), hostpath.view(self.grads)
 
     def step(self, x, y) -> None:
         """x, y: NDArray views of one batch, or numpy views in host mode."""
@@ -285,7 +285,7 @@ class Trainer:
         self.num_params = offset
         aux = {k: params[k].data() for k in self.aux_names}
         # Host mode needs synchronous execution and CPU memory; parameter servers need the threaded engine.
-        self.host = host_ops.available(contexts) and kvstore is None
+        self.host = hostpath.available(contexts) and kvstore is None
         self.replicas = [Replica(symbol, ctx, self.device_batch, input_shape, self.layout, aux, self.host)
                          for ctx in contexts]
         main = self.replicas[0]
@@ -339,7 +339,7 @@ class Trainer:
         main = self.replicas[0]
         for r in self.replicas[1:]:
             if self.host:
-                host_ops.axpby(1.0, r.host_grads, 1.0, main.host_grads)
+                hostpath.axpby(1.0, r.host_grads, 1.0, main.host_grads)
             else:
                 main.grads += r.grads.as_in_context(main.ctx)
         if self.kvstore is not None:

@@ -1,4 +1,4 @@
-"""`train`: one SageMaker training job from config files to model artifacts.
+"""`train`: one SageMaker training job from config files to model modeldir.
 
 Every failure ends here as a reason in output/failure and a non-zero exit, never a bare traceback.
 """
@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, contract, environment
-from .contract import ContractError, Stopped, TrainingEnv, TrainingError
+from .. import __version__, modeldir
+from . import environment
+from .environment import ContractError, Stopped, TrainingEnv, TrainingError
 from .hyperparameters import HyperparameterError
 
 log = logging.getLogger("mxnet_byoc")
@@ -84,7 +85,7 @@ def _load_data(env: TrainingEnv):
 
 
 def _contexts(env: TrainingEnv):
-    from . import training
+    from . import loop as training
 
     spec = os.environ.get(environment.CONTEXTS) or env.hyperparameters["contexts"]
     if spec:
@@ -105,9 +106,9 @@ def _confusion(labels, predictions, classes: list[Any]) -> dict[str, Any]:
     return {"classes": classes, "rows": "true label", "columns": "predicted label", "matrix": matrix.tolist()}
 
 
-def _abort(paths: contract.Paths, reason: str, servers: Any) -> None:
+def _abort(paths: environment.Paths, reason: str, servers: Any) -> None:
     """From the watchdog thread: the main thread may be stuck in a push that will never return."""
-    contract.write_failure(paths, reason)
+    environment.write_failure(paths, reason)
     print(f"ERROR: {reason}", file=sys.stderr, flush=True)
     for _, proc in servers.procs:
         proc.kill()
@@ -160,7 +161,8 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
     import mxnet as mx
     import numpy as np
 
-    from . import artifacts, data, metrics, training
+    from . import data, metrics
+    from . import loop as training
 
     res = env.resources
     contexts = _contexts(env)
@@ -189,7 +191,7 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
     final["validation_channel"] = val_name
     if res.is_master:
         symbol, args, aux = trainer.export()
-        artifacts.save(symbol, args, aux, env.paths.model, train.input_shape, train.classes, {
+        modeldir.save(symbol, args, aux, env.paths.model, train.input_shape, train.classes, {
             "model": cfg.model,
             "hyperparameters": env.hyperparameters,
             "metrics": final,
@@ -201,18 +203,18 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
             "versions": {"mxnet_byoc": __version__, "mxnet": mx.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
         })
-        artifacts.write_json_atomic(env.paths.output_data / "metrics.json", final)
-        artifacts.write_json_atomic(env.paths.output_data / "confusion_matrix.json",
+        modeldir.write_json_atomic(env.paths.output_data / "metrics.json", final)
+        modeldir.write_json_atomic(env.paths.output_data / "confusion_matrix.json",
                                     _confusion(val.labels, predictions, train.classes))
     log.info("done in %.1f s: validation accuracy %.4f", time.time() - started, val_acc)
     return final
 
 
 def _reason(exc: BaseException) -> str:
-    from . import artifacts, checkpoints, data
+    from . import checkpoints, data
 
     known = (ContractError, TrainingError, HyperparameterError, data.DataError, checkpoints.CheckpointError,
-             artifacts.ModelDirError)
+             modeldir.ModelDirError)
     if isinstance(exc, known):
         return str(exc)
     if isinstance(exc, Stopped):
@@ -233,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flag = _StopFlag()
     signal.signal(signal.SIGTERM, flag.handle)
-    paths = contract.Paths(environment.base_dir())
+    paths = environment.Paths(modeldir.base_dir())
     try:
-        env = contract.load(paths.base)
+        env = environment.load(paths.base)
         run(env, flag)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must reach output/failure
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             exc = Exception("interrupted")
         reason = _reason(exc)
         stopped = isinstance(exc, Stopped)
-        contract.write_failure(paths, reason, None if stopped else exc)
+        environment.write_failure(paths, reason, None if stopped else exc)
         print(f"ERROR: {reason}", file=sys.stderr, flush=True)
         if not stopped and not isinstance(exc, (ContractError, HyperparameterError)):
             log.debug("traceback", exc_info=exc)

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import environment, hyperparameters
+from .. import modeldir
+from . import hyperparameters
+
+CONTEXTS = "MXNET_BYOC_CONTEXTS"  # e.g. "cpu(0),cpu(1)" or "gpu(0),gpu(1)"; overrides detection
+TRAINING_JOB_NAME = "TRAINING_JOB_NAME"
 
 TRAINING_CHANNEL = "training"
 # The first of these that exists is the held-out set; absent, a fraction of `training` is held out.
@@ -173,7 +177,7 @@ def _resources(config: dict[str, Any] | None) -> Resources:
 
 def load(base: Path | None = None) -> TrainingEnv:
     """Read every config file SageMaker writes; raise ContractError with the job's failure reason."""
-    paths = Paths(Path(base) if base else environment.base_dir())
+    paths = Paths(Path(base) if base else modeldir.base_dir())
     raw_hps = _read_json(paths.config / "hyperparameters.json", {}) or {}
     if not isinstance(raw_hps, dict):
         raise ContractError("hyperparameters.json must hold a JSON object of name -> value")
@@ -196,7 +200,7 @@ def load(base: Path | None = None) -> TrainingEnv:
         channels=channels,
         resources=resources,
         checkpoint_dir=checkpoint_dir,
-        job_name=os.environ.get(environment.TRAINING_JOB_NAME),
+        job_name=os.environ.get(TRAINING_JOB_NAME),
     )
 
 

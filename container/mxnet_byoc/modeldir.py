@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+BASE_DIR = "SAGEMAKER_BASE_DIR"  # moves /opt/ml, as the SageMaker training toolkit does
+DEFAULT_BASE_DIR = "/opt/ml"
+
 PREFIX = "model"
 EPOCH = 0
 SYMBOL_FILE = f"{PREFIX}-symbol.json"
@@ -51,6 +54,16 @@ class ModelInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def base_dir() -> Path:
+    """SageMaker's root folder, /opt/ml, unless $SAGEMAKER_BASE_DIR moves it (tests, laptops)."""
+    return Path(os.environ.get(BASE_DIR) or DEFAULT_BASE_DIR)
+
+
+def default_dir() -> Path:
+    """Where training writes the model and serving finds it: <base>/model."""
+    return base_dir() / "model"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
