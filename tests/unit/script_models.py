@@ -72,7 +72,7 @@ def write_script(folder: Path, text: str, name: str = "inference.py") -> Path:
     return path
 
 
-# An inference script as the seed article writes one: model_fn and transform_fn only, JSON in and out.
+# model_fn and transform_fn only, JSON in and out: any network in MXNet's layout, label inputs included.
 TRANSFORM_SCRIPT = """
     import json
     import os
@@ -81,13 +81,18 @@ TRANSFORM_SCRIPT = """
 
 
     def model_fn(model_dir):
-        return mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
-                                            os.path.join(model_dir, "model-0000.params"))
+        with open(os.path.join(model_dir, "model-shapes.json")) as f:
+            [shape] = json.load(f)
+        symbol, args, aux = mx.model.load_checkpoint(os.path.join(model_dir, "model"), 0)
+        module = mx.mod.Module(symbol, data_names=[shape["name"]], label_names=None, context=mx.cpu())
+        module.bind(data_shapes=[(shape["name"], shape["shape"])], for_training=False)
+        module.set_params(args, aux, allow_missing=True)
+        return module
 
 
-    def transform_fn(net, data, input_content_type, output_content_type):
-        rows = mx.nd.array(json.loads(data))
-        return json.dumps({"outputs": net(rows).asnumpy().tolist()}), "application/json"
+    def transform_fn(module, data, input_content_type, output_content_type):
+        rows = mx.io.NDArrayIter(mx.nd.array(json.loads(data)), batch_size=1)
+        return json.dumps({"outputs": module.predict(rows).asnumpy().tolist()}), "application/json"
 """
 
 # input_fn, predict_fn and output_fn, each with `context` (the toolkit's variant), and a model_fn of its own.
