@@ -41,6 +41,9 @@ class Device:
         return "cpu(0)" if self.gpu_id is None else f"gpu({self.gpu_id})"
 
 
+CPU = Device()
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_count() -> int:
     """GPUs that MXNet sees; 0 with a CPU build of MXNet, or a CUDA build on a machine without a GPU."""

@@ -27,10 +27,10 @@ import numpy as np
 
 from .. import modeldir
 from . import settings
+from .device import CPU, Device
 
 BATCH_SIZES = (128, 32, 8, 1)  # largest first: the greedy split takes the largest that fits
 PROBABILITY_HEADS = {"softmax", "SoftmaxActivation"}  # networks that already end in probabilities
-_CPU = 1
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
@@ -77,8 +77,9 @@ class Model:
     One call at a time (a lock guards it): sync gunicorn workers serve one request at a time anyway.
     """
 
-    def __init__(self, model_dir: Path | str):
+    def __init__(self, model_dir: Path | str, device: Device = CPU):
         self.model_dir = Path(model_dir)
+        self.device = device
         self.info = modeldir.load_info(self.model_dir)
         self.input_shape: tuple[int, ...] = tuple(self.info.input_shape)
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
@@ -153,7 +154,8 @@ class Model:
         handle = ctypes.c_void_p()
         _check(library().MXPredCreate(
             ctypes.c_char_p(symbol_json), ctypes.c_char_p(params), ctypes.c_int(len(params)),
-            ctypes.c_int(_CPU), ctypes.c_int(0), ctypes.c_uint32(1), keys, indptr, shape, ctypes.byref(handle),
+            ctypes.c_int(self.device.dev_type), ctypes.c_int(self.device.dev_id), ctypes.c_uint32(1), keys, indptr,
+            shape, ctypes.byref(handle),
         ))
         self._handles[size] = handle
         return handle
@@ -181,9 +183,10 @@ class Model:
         return math.prod(shape[1:])
 
 
-def load(model_dir: Path | str) -> Model:
-    """Load and warm up the model in `model_dir`; raises `modeldir.ModelDirError` saying what is wrong."""
-    model = Model(model_dir)
+def load(model_dir: Path | str, device: Device = CPU) -> Model:
+    """Load and warm up the model in `model_dir` on `device` (the CPU unless told); raises
+    `modeldir.ModelDirError` saying what is wrong."""
+    model = Model(model_dir, device)
     model.warm_up()
     return model
 
