@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Script-mode serving against AWS's MXNet serving stack, on the same model and machine, in the same run.
+
+Two ways of serving the default MNIST cnn (trained by `container/train`, --epochs), one image per request:
+- "transform_fn": a user's inference script (model_fn loads the network as a Gluon block, transform_fn
+  reads JSON pixels and answers the predicted labels as JSON), in `model/code/inference.py`;
+- "default handlers": an empty script, so AWS's default MXNet handlers serve the model: JSON pixels shaped
+  (1, 1, 28, 28) in, the network's raw scores out as JSON.
+Each runs in our `serve` (gunicorn, its production settings) and in AWS's stack: Multi Model Server 1.1.11
+with sagemaker-mxnet-inference 1.5.5 (its handler service) and sagemaker-inference 1.6.1, started as their
+container starts it (config, environment, PYTHONPATH), with Debian's Java. That stack lives in a virtualenv
+this script makes (--aws-venv, pip from PyPI, pinned below; Java from apt-get when missing). Both servers
+run 2 Python workers (--workers) and get the same request body; their answers are compared byte for byte
+before anything is timed.
+
+Note: sagemaker-mxnet-inference 1.5.5 with sagemaker-inference 1.7 or later cannot serve with the default
+model_fn (the newer toolkit passes its `context` where the MXNet handler takes a batch size), so the stack
+is pinned to 1.6.1, the toolkit of the same months.
+
+Each figure is the median of --rounds runs of --duration seconds; the two servers run in alternation, so a
+ratio is the median of adjacent pairs. CPU time per request of each process tree (Java included) is shown
+too: it moves far less than requests/s with other load on a shared machine. The target: at least 2x AWS's
+requests/s at every concurrency.
+Usage: .venv/bin/python bench/script_serve_bench.py [--duration 5] [--rounds 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mxnet_byoc.train import data as idx  # numpy only
+from serve_bench import WRK_SCRIPT, Server, ensure_wrk, mnist_dir, post, run_wrk, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE = [sys.executable, str(ROOT / "container" / "serve")]
+AWS_STACK = ["multi-model-server==1.1.11", "sagemaker-mxnet-inference==1.5.5", "sagemaker-inference==1.6.1",
+             "mxnet==1.9.1", "numpy==1.23.5"]
+CONCURRENCY = (1, 8, 32)
+TARGET = 2.0
+
+TRANSFORM_SCRIPT = '''\
+import json
+import os
+import random
+
+import mxnet as mx
+
+
+def model_fn(model_dir):
+    net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
+                                       os.path.join(model_dir, "model-0000.params"))
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def transform_fn(net, body, content_type, accept):
+    pixels = mx.nd.array(json.loads(body)).reshape((-1, 1, 28, 28))
+    labels = net(pixels).argmax(axis=1).asnumpy().astype(int).tolist()
+    return json.dumps({"predictions": labels}), "application/json"
+'''
+
+# What the MXNet container's entry point writes (sagemaker_inference.model_server) for one model.
+MMS_CONFIG = """\
+enable_envvars_config=true
+decode_input_request=false
+load_models=ALL
+default_response_timeout=60
+default_workers_per_model={workers}
+inference_address=http://127.0.0.1:{port}
+management_address=http://127.0.0.1:{management}
+vmargs=-XX:-UseContainerSupport
+default_service_handler=sagemaker_mxnet_serving_container.handler_service:handle
+"""
+# sagemaker_mxnet_serving_container.serving sets these for its workers.
+MXNET_ENV = {"MXNET_CPU_WORKER_NTHREADS": "1", "MXNET_CPU_PRIORITY_NTHREADS": "1",
+             "MXNET_KVSTORE_REDUCTION_NTHREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def ensure_java() -> str:
+    found = shutil.which("java")
+    if found:
+        return found
+    print("installing Debian's Java (default-jre-headless) ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "default-jre-headless"], env=env,
+                   capture_output=True, check=True)
+    return shutil.which("java") or sys.exit("java could not be installed")
+
+
+def ensure_aws_stack(venv: Path) -> Path:
+    """The virtualenv with AWS's MXNet serving stack, made (and kept) at `venv`."""
+    stamp = venv / ".installed"
+    if stamp.is_file() and stamp.read_text().split() == AWS_STACK:
+        return venv
+    print(f"making {venv} with {', '.join(AWS_STACK)} (pip, PyPI) ...", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", *AWS_STACK],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"pip could not install AWS's stack:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    stamp.write_text("\n".join(AWS_STACK))
+    return venv
+
+
+def low_free_port() -> int:
+    """A free port below 32768: Multi Model Server refuses higher ones ("Invalid port number")."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    sys.exit("no free port below 32768")
+
+
+class AwsServer(Server):
+    """Multi Model Server with AWS's MXNet handler service, as AWS's MXNet inference container runs it."""
+
+    def __init__(self, venv: Path, model_dir: Path, program: str, workers: int, work: Path, log: Path):
+        self.port, self.workers, self.log = low_free_port(), workers, log
+        config = work / f"mms-{self.port}.properties"
+        config.write_text(MMS_CONFIG.format(workers=workers, port=self.port, management=low_free_port()))
+        tmp = work / f"mms-tmp-{self.port}"  # MMS keeps a pid file there: one per instance
+        tmp.mkdir()
+        env = {**os.environ, **MXNET_ENV, "SAGEMAKER_PROGRAM": program, "TMPDIR": str(tmp),
+               "PYTHONPATH": str(model_dir / "code"), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+        for name in ("MXNET_ENGINE_TYPE", "SAGEMAKER_BASE_DIR"):
+            env.pop(name, None)
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [str(venv / "bin" / "multi-model-server"), "--start", "--foreground", "--mms-config", str(config),
+             "--model-store", "/", "--models", f"model={model_dir}"],
+            env=env, cwd=work, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}/invocations"
+
+    def wait_all_loaded(self, limit: float = 120) -> None:
+        """Until every worker has answered once (MMS loads a worker's model at its first request)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (OSError, urllib.error.HTTPError):
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        sys.exit(f"Multi Model Server did not become healthy:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group (the launcher, Java and the Python workers), then SIGKILL."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                time.sleep(0.1)
+            if _group_alive(self.process.pid):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def model_copies(trained: Path, work: Path) -> dict[str, tuple[Path, str]]:
+    """The trained model as each way serves it: with the user's script, and with an empty one."""
+    copies = {}
+    for way, script, program in (("transform_fn", TRANSFORM_SCRIPT, "inference.py"),
+                                 ("default handlers", "", "empty.py")):
+        model_dir = work / way.replace(" ", "-") / "ml" / "model"
+        shutil.copytree(trained, model_dir)
+        (model_dir / "metadata.json").unlink()  # AWS's layout only: our own metadata plays no part
+        (model_dir / "code").mkdir()
+        (model_dir / "code" / program).write_text(script)
+        copies[way] = (model_dir, program)
+    return copies
+
+
+def first_answer(server: Server, body: bytes, limit: float = 120) -> bytes:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            sys.exit(f"the server exited:\n{server.log.read_text()[-3000:]}")
+        try:
+            status, answer = post(server.url, body, "application/json", 10)
+            if status == 200:
+                return answer
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"no answer within {limit} s:\n{server.log.read_text()[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--model-dir", type=Path, help="a cnn model directory from container/train, instead of "
+                        "training one")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per figure (the median is shown)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--aws-venv", type=Path, default=ROOT / ".bench-venv" / "aws-mxnet-serving")
+    args = parser.parse_args()
+
+    wrk = ensure_wrk()
+    java = ensure_java()
+    venv = ensure_aws_stack(args.aws_venv)
+    work = Path(tempfile.mkdtemp(prefix="script-serve-bench-"))
+    try:
+        trained = args.model_dir or train_model(work / "train", "cnn", args.epochs)
+        images = idx.read_idx(mnist_dir() / "t10k-images-idx3-ubyte.gz").reshape(-1, 1, 1, 28, 28)
+        labels = idx.read_idx(mnist_dir() / "t10k-labels-idx1-ubyte.gz")
+        pixels = (images[0] / 255).round(4).tolist()  # one image, (1, 1, 28, 28), as AWS's handlers take it
+        body = work / "one.json"
+        body.write_text(json.dumps(pixels))
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        model = args.model_dir or f"{args.epochs}-epoch cnn from container/train"
+        print(f"model: {model}; {args.workers} workers each; {args.rounds} rounds of {args.duration} s per figure; "
+              f"{len(os.sched_getaffinity(0))} CPUs; {java}; "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        results = {}
+        for way, (model_dir, program) in model_copies(trained, work).items():
+            results[way] = compare(args, wrk, script, body, venv, model_dir, program, work, int(labels[0]), way)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nagainst the target (at least {TARGET:.0f}x AWS's requests/s at every concurrency):")
+    for way, lowest in results.items():
+        print(f"  {way}: lowest ratio {lowest:.2f} ({'met' if lowest >= TARGET else 'NOT met'})")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: Path, model_dir: Path,
+            program: str, work: Path, label: int, way: str) -> float:
+    os.environ["SAGEMAKER_PROGRAM"] = program  # what SageMaker sets; Server passes os.environ to `serve`
+    ours = Server(SERVE, model_dir.parent, args.workers, work / f"serve-{way}.log")
+    os.environ.pop("SAGEMAKER_PROGRAM")
+    theirs = AwsServer(venv, model_dir, program, args.workers, work, work / f"mms-{way}.log")
+    runs: dict[int, tuple[list, list]] = {c: ([], []) for c in CONCURRENCY}
+    try:
+        mine, aws = first_answer(ours, body.read_bytes()), first_answer(theirs, body.read_bytes())
+        ours.wait_all_loaded()
+        theirs.wait_all_loaded()
+        for _ in range(2 * args.workers):  # MMS loads each worker's model at its first request
+            post(theirs.url, body.read_bytes(), "application/json", 30)
+        print(f"\n=== {way} ===\n  answers: ours {mine[:80]!r}..., AWS's {aws[:80]!r}...: "
+              f"{'identical' if mine == aws else 'DIFFERENT'}", flush=True)
+        if way == "transform_fn" and json.loads(mine)["predictions"] != [label]:
+            sys.exit(f"wrong prediction {mine!r}: expected {label}")
+        if mine != aws:
+            sys.exit("the two stacks answer differently")
+        for _ in range(args.rounds):
+            for c, (a, b) in runs.items():
+                a.append(run_wrk(wrk, script, ours, body, "application/json", c, args.duration))
+                b.append(run_wrk(wrk, script, theirs, body, "application/json", c, args.duration))
+    finally:
+        ours.stop()
+        theirs.stop()
+    print(f"{'concurrency':>11} {'ours req/s':>10} {'p50 ms':>7} {'CPU us':>7} | {'AWS req/s':>9} {'p50 ms':>7} "
+          f"{'CPU us':>7} | {'ratio':>5} {'CPU ratio':>9}")
+    ratios = []
+    for c, (a, b) in runs.items():
+        ratio = statistics.median(x["rps"] / y["rps"] for x, y in zip(a, b))
+        cpu_ratio = statistics.median(y["cpu_us"] / x["cpu_us"] for x, y in zip(a, b))
+        ratios.append(ratio)
+        print(f"{c:>11} {med(a, 'rps'):>10.0f} {med(a, 'p50_ms'):>7.2f} {med(a, 'cpu_us'):>7.0f} | "
+              f"{med(b, 'rps'):>9.0f} {med(b, 'p50_ms'):>7.2f} {med(b, 'cpu_us'):>7.0f} | {ratio:>5.2f} "
+              f"{cpu_ratio:>9.2f}")
+    print("  (ratio: our requests/s over AWS's, median of adjacent runs; CPU ratio: AWS's CPU time per request, "
+          "all its processes, over ours)")
+    return min(ratios)
+
+
+def med(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+if __name__ == "__main__":
+    main()
