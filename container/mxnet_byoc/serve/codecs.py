@@ -22,16 +22,8 @@ import orjson
 import simdjson
 
 from . import pictures
+from .mediatypes import CSV, JPEG, JSON, JSONLINES, NPY, PNG, REQUEST_TYPES, RESPONSE_TYPES, media_type
 
-JSON = "application/json"
-JSONLINES = "application/jsonlines"
-CSV = "text/csv"
-NPY = "application/x-npy"
-PNG = "image/png"
-JPEG = "image/jpeg"
-
-REQUEST_TYPES = (JSON, JSONLINES, CSV, NPY, PNG, JPEG)
-RESPONSE_TYPES = (JSON, JSONLINES, CSV)
 JSON_KEYS = ("instances", "inputs")
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -53,14 +45,6 @@ class UnsupportedMediaType(CodecError):
 
 class NotAcceptable(CodecError):
     status = 406
-
-
-@functools.lru_cache(maxsize=64)
-def media_type(header: str | None) -> str:
-    """`text/csv; charset=utf-8` -> `text/csv` (lower case, parameters dropped)."""
-    if not header:
-        return ""
-    return header.split(";", 1)[0].strip().lower()
 
 
 def decode(body: bytes, content_type: str | None, input_shape: tuple[int, ...]) -> np.ndarray:

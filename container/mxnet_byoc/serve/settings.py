@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import codecs
+from . import mediatypes
 
 # SageMaker's variables (and those of AWS's own model servers, which users of those know).
 BIND_TO_PORT = "SAGEMAKER_BIND_TO_PORT"
@@ -75,10 +75,10 @@ def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
     strategy = (env.get(BATCH_STRATEGY) or "MULTI_RECORD").strip().upper()
     if strategy not in BATCH_STRATEGIES:
         raise ConfigError(f"{BATCH_STRATEGY}={strategy!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
-    accept = codecs.media_type(env.get(DEFAULT_INVOCATIONS_ACCEPT) or codecs.JSON)
-    if accept not in codecs.RESPONSE_TYPES:
+    accept = mediatypes.media_type(env.get(DEFAULT_INVOCATIONS_ACCEPT) or mediatypes.JSON)
+    if accept not in mediatypes.RESPONSE_TYPES:
         raise ConfigError(
-            f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(codecs.RESPONSE_TYPES)}"
+            f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(mediatypes.RESPONSE_TYPES)}"
         )
     return ServerConfig(
         host=(env.get(SERVE_HOST) or DEFAULT_HOST).strip(),
