@@ -25,8 +25,8 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from .. import modeldir
-from . import codecs, digits, errors, network, settings
+from .. import modeldir, usercode
+from . import codecs, digits, errors, network, script, settings
 from .handler import Handler, Load
 from .mediatypes import JSON
 
@@ -35,6 +35,8 @@ POLL_INTERVAL_S = 1.0
 DRAIN_LIMIT = 128 * settings.MIB  # read at most this much of a refused body (see _discard_body)
 
 log = logging.getLogger("mxnet_byoc.predictor")
+# A load failing with one of these is explained by its message (a user's traceback is logged where it arose).
+REASON_ERRORS = (modeldir.ModelDirError, network.InferenceError, script.ScriptError, usercode.UserCodeError)
 
 
 class ModelLoader:
@@ -78,7 +80,7 @@ class ModelLoader:
             handler = self.load(self.model_dir)
         except Exception as e:  # any failure is a reason for /ping, never a dead worker
             self.reason = f"no usable model: {e}"
-            if isinstance(e, (modeldir.ModelDirError, network.InferenceError)):
+            if isinstance(e, REASON_ERRORS):
                 log.error("%s (retried when %s changes)", self.reason, self.model_dir)
             else:
                 log.exception("loading the model in %s failed", self.model_dir)

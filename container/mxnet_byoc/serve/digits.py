@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import codecs, network
+from . import codecs, device, network
 from .handler import Load
 from .mediatypes import CSV, JSON, JSONLINES
 
@@ -27,9 +27,10 @@ class DigitHandler:
 
 
 def loader(default_accept: str = JSON) -> Load:
-    """Loads and warms up the model of a directory (network.load) into a DigitHandler."""
+    """Loads and warms up the model of a directory (network.load) into a DigitHandler, on this worker's
+    device (the GPU when there is one)."""
 
     def load(model_dir: Path) -> DigitHandler:
-        return DigitHandler(network.load(model_dir), default_accept)
+        return DigitHandler(network.load(model_dir, device.current()), default_accept)
 
     return load

@@ -18,8 +18,9 @@ import gunicorn.util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
-from . import errors, settings
+from . import device, digits, errors, selection, settings
 from .app import LOADER_KEY, ModelLoader, create_app
+from .handler import Load
 
 
 def main() -> int:
@@ -31,15 +32,19 @@ def main() -> int:
         return 2
     for name, value in settings.WORKER_ENV_DEFAULTS.items():  # before any worker loads libmxnet.so
         os.environ.setdefault(name, value)
-    Application(config).run()  # gunicorn's master: exits the process itself
+    # The handler is chosen and a user's code fetched and its requirements installed here, once, before
+    # any worker forks (selection.py).
+    load = selection.loader(digits.loader(config.default_accept), config.default_accept)
+    Application(config, load).run()  # gunicorn's master: exits the process itself
     return 0
 
 
 class Application(BaseApplication):
     """gunicorn with `serve`'s settings; each worker's WSGI app is `create_app(config=...)`."""
 
-    def __init__(self, config: settings.ServerConfig):
+    def __init__(self, config: settings.ServerConfig, load: Load | None = None):
         self.config = config
+        self.load_handler = load
         self.loader: ModelLoader | None = None  # this worker's, once `load` has run in it
         super().__init__()
 
@@ -60,14 +65,15 @@ class Application(BaseApplication):
             # One line per request: client, request line, status, response bytes, latency in microseconds.
             "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s %(D)sus',
             "on_starting": _log_app_messages,
-            "post_fork": _reuse_freed_memory,
+            "pre_fork": _assign_slot,
+            "post_fork": _after_fork,
             "post_worker_init": self.wait_for_model,
         }.items():
             self.cfg.set(name, value)
 
     def load(self) -> Any:
         """Called in each worker after the fork."""
-        app = create_app(config=self.config)
+        app = create_app(config=self.config, load=self.load_handler)
         self.loader = app.extensions[LOADER_KEY]
         return app
 
@@ -115,7 +121,19 @@ def _log_app_messages(server: Any) -> None:
         logger.propagate = False
 
 
-def _reuse_freed_memory(server: Any, worker: Any) -> None:
+def _assign_slot(server: Any, worker: Any) -> None:
+    """In the master, before the fork: the lowest slot no live worker holds (device.py spreads the slots
+    over the GPUs, so a worker started in place of a dead one takes its GPU)."""
+    taken = {getattr(w, "slot", None) for w in server.WORKERS.values()}
+    worker.slot = next(slot for slot in range(len(taken) + 1) if slot not in taken)
+
+
+def _after_fork(server: Any, worker: Any) -> None:
+    device.set_worker_slot(getattr(worker, "slot", 0))
+    _reuse_freed_memory()
+
+
+def _reuse_freed_memory() -> None:
     """Serve large arrays from glibc's heap instead of fresh mmaps.
 
     By default every array above 128 KiB (a 1,000-image batch is 3 MB) gets new pages from the kernel,
