@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+RESOURCES = Path(__file__).resolve().parent / "resources"
 AWS_MODEL = RESOURCES / "aws_default_handlers"
 AWS_INPUT, AWS_ANSWER = [[1, 2]], b"[[4.9999918937683105]]"  # sagemaker-mxnet-inference-toolkit's pinned answer
 REGRESSION = (3.0, -2.0, 0.5)  # y = 3 x0 - 2 x1 + 0.5
