@@ -83,19 +83,26 @@ def test_an_unusable_model_is_503_with_the_reason_and_the_server_stays_up(start_
     assert "Worker exiting" not in server.output() and "Traceback" not in server.output()
 
 
-def test_model_in_awss_layout_without_our_metadata(start_server, tmp_path, trained_model_dir, digits, reference):
+def test_model_in_awss_layout_without_our_metadata_gets_awss_default_handlers(start_server, tmp_path,
+                                                                             trained_model_dir, digits, reference):
+    """As AWS's MXNet containers serve it: the network's raw outputs for the arrays sent (no pixel rule)."""
     base = tmp_path / "ml"
     shutil.copytree(trained_model_dir, base / "model")
     (base / "model" / modeldir.METADATA_FILE).unlink()
     server = start_server(base)
     server.wait_loaded()
-    response = invoke(server, npy(digits[0][:20]))
-    np.testing.assert_allclose(probabilities(response), reference[:20], atol=1e-5)
-    assert [p["label"] for p in response.json()["predictions"]] == reference[:20].argmax(axis=1).tolist()
+    pixels = (digits[0][:20] / 255).astype(np.float32).reshape(20, 1, 28, 28)
+    response = invoke(server, npy(pixels))
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
+    scores = np.array(response.json())
+    assert scores.shape == (20, 10)
+    softmax = np.exp(scores - scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), reference[:20], atol=1e-5)
+    assert "AWS's default MXNet handlers" in server.output()
 
 
-def test_module_api_model_ending_in_softmax_output_is_not_softmaxed_twice(start_server, tmp_path,
-                                                                          trained_model_dir, digits, reference):
+def test_module_api_model_ending_in_softmax_output_answers_its_probabilities(start_server, tmp_path,
+                                                                            trained_model_dir, digits, reference):
     """What AWS's MXNet container trains with the Module API: SoftmaxOutput head, a label input, no metadata."""
     import mxnet as mx
 
@@ -107,7 +114,8 @@ def test_module_api_model_ending_in_softmax_output_is_not_softmaxed_twice(start_
     (base / "model" / modeldir.SHAPES_FILE).write_text(json.dumps([{"name": "data", "shape": [1, 1, 28, 28]}]))
     server = start_server(base)
     server.wait_loaded()
-    np.testing.assert_allclose(probabilities(invoke(server, npy(digits[0][:20]))), reference[:20], atol=1e-5)
+    pixels = (digits[0][:20] / 255).astype(np.float32).reshape(20, 1, 28, 28)
+    np.testing.assert_allclose(invoke(server, npy(pixels)).json(), reference[:20], atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,8 @@ def main() -> int:
     for name, value in settings.WORKER_ENV_DEFAULTS.items():  # before any worker loads libmxnet.so
         os.environ.setdefault(name, value)
     # The handler is chosen and a user's code fetched and its requirements installed here, once, before
-    # any worker forks (selection.py).
+    # any worker forks (selection.py); what that logs goes where the workers' messages go.
+    _log_app_messages(None)
     load = selection.loader(digits.loader(config.default_accept), config.default_accept)
     Application(config, load).run()  # gunicorn's master: exits the process itself
     return 0
