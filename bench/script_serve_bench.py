@@ -43,7 +43,7 @@ import urllib.request
 from pathlib import Path
 
 from mxnet_byoc.train import data as idx  # numpy only
-from serve_bench import WRK_SCRIPT, Server, ensure_wrk, mnist_dir, post, run_wrk, train_model
+from serve_bench import WRK_SCRIPT, Server, ensure_program, ensure_wrk, mnist_dir, post, run_wrk, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = [sys.executable, str(ROOT / "container" / "serve")]
@@ -88,18 +88,6 @@ default_service_handler=sagemaker_mxnet_serving_container.handler_service:handle
 # sagemaker_mxnet_serving_container.serving sets these for its workers.
 MXNET_ENV = {"MXNET_CPU_WORKER_NTHREADS": "1", "MXNET_CPU_PRIORITY_NTHREADS": "1",
              "MXNET_KVSTORE_REDUCTION_NTHREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def ensure_java() -> str:
-    found = shutil.which("java")
-    if found:
-        return found
-    print("installing Debian's Java (default-jre-headless) ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "default-jre-headless"], env=env,
-                   capture_output=True, check=True)
-    return shutil.which("java") or sys.exit("java could not be installed")
 
 
 def ensure_aws_stack(venv: Path) -> Path:
@@ -230,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
 
     wrk = ensure_wrk()
-    java = ensure_java()
+    java = ensure_program("java", "default-jre-headless")  # Debian's Java, for Multi Model Server
     venv = ensure_aws_stack(args.aws_venv)
     work = Path(tempfile.mkdtemp(prefix="script-serve-bench-"))
     try:

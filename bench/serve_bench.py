@@ -84,15 +84,21 @@ print(n * batch / (time.perf_counter() - start), (time.process_time() - cpu) / (
 
 
 def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+    return ensure_program("wrk", "wrk")
+
+
+def ensure_program(program: str, package: str) -> str:
+    """The path of `program`, installed with Debian's `package` (apt-get) when it is missing."""
+    found = shutil.which(program)
     if found:
         return found
-    print("installing wrk (apt-get) ...", flush=True)
+    print(f"installing {package} (apt-get) ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True).returncode != 0:
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True, check=True)
-    return shutil.which("wrk") or sys.exit("wrk could not be installed")
+        subprocess.run(install, env=env, capture_output=True, check=True)
+    return shutil.which(program) or sys.exit(f"{program} could not be installed")
 
 
 def mnist_dir() -> Path:

@@ -105,7 +105,8 @@ def docker_run(image: str, *args: str, mounts: dict[Path, str] | None = None, en
 class Server:
     """A detached `serve` container on the host network, on a port of its own."""
 
-    def __init__(self, image: str, model_dir: Path, user: str | None = None):
+    def __init__(self, image: str, model_dir: Path, user: str | None = None, env: dict[str, str] | None = None,
+                 mounts: dict[Path, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"mxnet-byoc-serve-{uuid.uuid4().hex[:12]}"
@@ -113,6 +114,10 @@ class Server:
                "-e", f"SAGEMAKER_BIND_TO_PORT={self.port}", "-v", f"{model_dir}:/opt/ml/model:ro"]
         if user:
             cmd += ["--user", user]
+        for key, value in (env or {}).items():
+            cmd += ["-e", f"{key}={value}"]
+        for host, inside in (mounts or {}).items():
+            cmd += ["-v", f"{host}:{inside}"]
         sh(*cmd, image, "serve")
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -143,8 +148,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(image: str, model_dir: Path, user: str | None = None) -> Iterator[Server]:
-    server = Server(image, model_dir, user)
+def serving(image: str, model_dir: Path, user: str | None = None, env: dict[str, str] | None = None,
+            mounts: dict[Path, str] | None = None) -> Iterator[Server]:
+    server = Server(image, model_dir, user, env, mounts)
     try:
         server.wait_ready()
         yield server

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model, export_conv_model, train_regression
 
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import codecs, mxnet_defaults
 from mxnet_byoc.serve.device import Device
 from mxnet_byoc.serve.mxnet_defaults import CSV, JSON, NPY
+from script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model
 
 CPU = Device()
 
@@ -23,21 +22,6 @@ def npy(array) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def aws_model(tmp_path_factory) -> Path:
-    return copy_aws_model(tmp_path_factory.mktemp("aws") / "model")
-
-
-@pytest.fixture(scope="module")
-def regression(tmp_path_factory) -> Path:
-    return train_regression(tmp_path_factory.mktemp("regression") / "model")
-
-
-@pytest.fixture(scope="module")
-def conv(tmp_path_factory) -> Path:
-    return export_conv_model(tmp_path_factory.mktemp("conv") / "model")
 
 
 @pytest.fixture(scope="module")

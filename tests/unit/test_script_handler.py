@@ -10,38 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from script_models import (
-    AWS_ANSWER,
-    THREE_FUNCTIONS_SCRIPT,
-    TRANSFORM_SCRIPT,
-    copy_aws_model,
-    export_conv_model,
-    train_regression,
-    write_script,
-)
 
 from mxnet_byoc.serve import codecs, mxnet_defaults, script
 from mxnet_byoc.serve.device import Device
 from mxnet_byoc.serve.script import HandlerError, ScriptError, UserCode
+from script_models import (
+    AWS_ANSWER,
+    THREE_FUNCTIONS_SCRIPT,
+    TRANSFORM_SCRIPT,
+    write_script,
+)
 
 CPU = Device()
 JSON = "application/json"
 _counter = iter(range(10**6))
-
-
-@pytest.fixture(scope="module")
-def aws_model(tmp_path_factory) -> Path:
-    return copy_aws_model(tmp_path_factory.mktemp("aws") / "model")
-
-
-@pytest.fixture(scope="module")
-def conv(tmp_path_factory) -> Path:
-    return export_conv_model(tmp_path_factory.mktemp("conv") / "model")
-
-
-@pytest.fixture(scope="module")
-def regression(tmp_path_factory) -> Path:
-    return train_regression(tmp_path_factory.mktemp("regression") / "model")
 
 
 def load(tmp_path: Path, text: str | None, model_dir: Path, program: str | None = "inference.py",

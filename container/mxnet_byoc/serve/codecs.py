@@ -61,8 +61,8 @@ def decode(body: bytes, content_type: str | None, input_shape: tuple[int, ...]) 
 
 
 @functools.lru_cache(maxsize=256)
-def negotiate(accept: str | None, default: str = JSON) -> str:
-    """The response type for an Accept header: the supported type with the highest q, `default` for */*."""
+def negotiate(accept: str | None, default: str = JSON, offered: tuple[str, ...] = RESPONSE_TYPES) -> str:
+    """The response type for an Accept header: the `offered` type with the highest q, `default` for */*."""
     if not accept or not accept.strip():
         return default
     ranked = []
@@ -79,16 +79,16 @@ def negotiate(accept: str | None, default: str = JSON) -> str:
         if kind and quality > 0:
             ranked.append((-quality, position, kind.lower()))
     for _, _, kind in sorted(ranked):
-        if kind in RESPONSE_TYPES:
+        if kind in offered:
             return kind
         if kind == "*/*":
             return default
         if kind.endswith("/*"):
             family = kind[:-1]
-            for candidate in (default, *RESPONSE_TYPES):
+            for candidate in (default, *offered):
                 if candidate.startswith(family):
                     return candidate
-    raise NotAcceptable(f"cannot answer Accept {accept!r}; supported: {', '.join(RESPONSE_TYPES)}")
+    raise NotAcceptable(f"cannot answer Accept {accept!r}; supported: {', '.join(offered)}")
 
 
 def encode(probabilities: np.ndarray, classes: Sequence[Any], kind: str) -> bytes:

@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from .. import modeldir
-from . import rawnet
+from . import codecs, rawnet
 from .codecs import BadRequest, NotAcceptable, UnsupportedMediaType, media_type
 from .device import Device
 
@@ -105,29 +105,16 @@ def rows_for(array: np.ndarray, input_shape: tuple[int, ...], kind: str) -> np.n
 # ---- response bodies --------------------------------------------------------------------------------
 
 def negotiate(accept: str | None, offered: tuple[str, ...], default: str) -> str:
-    """The first type in `accept` that is offered (types with a higher q first; q=0 excluded); `*/*`, a
-    missing header or a wildcard entry mean `default`."""
-    if not accept or accept.strip() == "*/*":
-        accept = default
-    ranges = []
-    for position, part in enumerate(accept.split(",")):
-        kind, q = media_type(part), 1.0
-        for parameter in part.split(";")[1:]:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if kind and q > 0:
-            ranges.append((-q, position, kind))
-    for _, _, kind in sorted(ranges):
-        if kind in offered:
-            return kind
-        if kind in ("*/*", "application/*", "text/*") and default in offered:
-            return default
-    raise NotAcceptable(f"Accept {accept!r}: the default handlers answer {', '.join(offered)}; "
-                        "define output_fn in your inference script for other types")
+    """The `offered` type `accept` prefers (the first listed among equal q values, as AWS picks the first);
+    `*/*` or no header means `default`, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT."""
+    try:
+        kind = codecs.negotiate(accept.strip() if accept else None, default, offered)
+    except NotAcceptable:
+        kind = ""
+    if kind not in offered:
+        raise NotAcceptable(f"Accept {accept or default!r}: the default handlers answer {', '.join(offered)}; "
+                            "define output_fn in your inference script for other types")
+    return kind
 
 
 def encode(prediction: Any, kind: str) -> bytes:
