@@ -5,11 +5,11 @@ a CPU build of MXNet: asking for gpu(0) reaches MXNet, which refuses it, and tha
 from __future__ import annotations
 
 import pytest
-from script_models import AWS_MODEL, write_script
 from serving_models import export_indicator_model
 
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import device, mxnet_defaults, network, script
+from script_models import AWS_MODEL, write_script
 
 CUDA_REFUSAL = "Compile with USE_CUDA=1 to enable GPU usage"
 
@@ -61,3 +61,25 @@ def test_a_scripts_default_model_fn_binds_on_the_device_and_context_names_it(tmp
     handler = script.load_script(code, AWS_MODEL, device.Device(1), "application/json")
     assert handler.invoke(b"", None, None) == (b"1", "application/json")
     assert "on gpu(1)" in str(handler)
+
+
+def test_each_new_worker_takes_the_lowest_free_slot(monkeypatch, slot):
+    """gunicorn's pre_fork (in the master) and post_fork (in the worker): a replacement takes its GPU back."""
+    from types import SimpleNamespace
+
+    from mxnet_byoc.serve import server
+
+    monkeypatch.setattr(server, "_reuse_freed_memory", lambda: None)
+    master = SimpleNamespace(WORKERS={})
+    for pid in (101, 102, 103):
+        worker = SimpleNamespace()
+        server._assign_slot(master, worker)
+        master.WORKERS[pid] = worker
+    assert [w.slot for w in master.WORKERS.values()] == [0, 1, 2]
+    del master.WORKERS[102]  # a worker died
+    replacement = SimpleNamespace()
+    server._assign_slot(master, replacement)
+    assert replacement.slot == 1
+    monkeypatch.setattr(device, "gpu_count", lambda: 2)
+    server._after_fork(master, replacement)
+    assert device.current() == device.Device(1)
