@@ -21,7 +21,7 @@ class Finished:
     seconds: float
 
 
-def run(cmd: Sequence[str | Path], timeout: float = 900, env: Mapping[str, str] | None = None,
+def run(cmd: Sequence[str | Path], timeout: float | None = 900, env: Mapping[str, str] | None = None,
         on_timeout: Callable[[], None] | None = None, **kw) -> Finished:
     """`cmd` to completion; on a timeout `on_timeout` runs (to remove what the command left) and
     subprocess.TimeoutExpired is raised."""

@@ -168,9 +168,13 @@ def _port(address: str) -> int:
 
 class ContainerServer(_Server):
     """A detached `serve` container of `image` on the host network, on a port of its own, serving
-    `model_dir` (mounted read-only at /opt/ml/model)."""
+    `model_dir` (mounted read-only at /opt/ml/model); its output is kept in `log`, when given, as it is
+    removed."""
 
-    def __init__(self, image: str, model_dir: Path, user: str | None = None, env: Mapping[str, str] | None = None):
+    def __init__(self, image: str, model_dir: Path, user: str | None = None, env: Mapping[str, str] | None = None,
+                 log: Path | None = None):
+        self.log = log
+        self.removed = False
         self.port = net.free_port()
         self.name = docker.container_name("serve")
         self.command = docker.docker_command(image, "serve", name=self.name, detach=True, user=user,
@@ -192,11 +196,19 @@ class ContainerServer(_Server):
 
     def stop(self, timeout: int = 30) -> int:
         """`docker stop` (SIGTERM, SIGKILL after `timeout`), as SageMaker stops it; the exit code. The
-        container stays for `state()` and `output()` until remove()."""
-        commands.sh("docker", "stop", "--time", str(timeout), self.name, timeout=timeout + 30)
-        return int(self.state()["ExitCode"])
+        container is removed."""
+        try:
+            commands.sh("docker", "stop", "--time", str(timeout), self.name, timeout=timeout + 30)
+            return int(self.state()["ExitCode"])
+        finally:
+            self.remove()
 
     def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        if self.log is not None:
+            self.log.write_text(self.output())
         docker.remove(self.name)
 
 
