@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from byoctl.kit.idx import mnist_arrays, write_idx
 from mxnet_byoc.train import data
 from mxnet_byoc.train.data import DataError
-
-TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
-              np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    code = TYPE_CODES[array.dtype]
-    return bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = idx_bytes(array)
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
 
 
 def digits(n: int, size: int = 28, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +85,7 @@ def test_real_mnist_under_other_names(tmp_path, mnist_dir):
 
 
 def test_real_mnist_slice_uncompressed(tmp_path, mnist_dir):
-    images = np.frombuffer(gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes()),
-                           np.uint8, offset=16).reshape(-1, 28, 28)[:500]
-    labels = np.frombuffer(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()),
-                           np.uint8, offset=8)[:500]
+    images, labels = mnist_arrays(mnist_dir, "test", 500)
     write_idx(tmp_path / "ch" / "0", images)
     write_idx(tmp_path / "ch" / "1", labels)
     ds = data.read_channel(tmp_path / "ch")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from byoctl import mnist
 from byoctl.kit import datasets
+from byoctl.kit.net import free_port
 
 
 class _Mirror:
@@ -76,10 +76,7 @@ def corrupt(serve) -> _Mirror:
 
 
 def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mnist/"
+    return f"http://127.0.0.1:{free_port()}/mnist/"
 
 
 def _assert_complete(folder: Path) -> None:
