@@ -27,24 +27,12 @@ import pytest
 
 from byoctl.kit.idx import MNIST_FILES, mnist_arrays, write_subsets
 from byoctl.kit.net import free_port
+from byoctl.kit.offline import AWS_OFFLINE, offline_aws
 from byoctl.kit.project import ROOT
 from byoctl.kit.waiting import wait_until
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
-OFFLINE_ENV = {
-    "AWS_ACCESS_KEY_ID": "AKIDLOCALMODE",
-    "AWS_SECRET_ACCESS_KEY": "local-mode-dummy",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "NO_PROXY": "localhost,127.0.0.1",
-    # The SDK prints errors as rich tracebacks wrapped at the terminal's width: keep lines whole.
-    "COLUMNS": "250",
-}
 TELEMETRY_OPT_OUT = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 ROLE = "arn:aws:iam::111111111111:role/local-mode"  # never assumed in local mode
 HYPERPARAMETERS = {"model": "cnn", "epochs": 1, "seed": 7}  # one epoch of the CNN: about 98.5-99%
@@ -53,10 +41,7 @@ PREDICT_IMAGES = 200
 
 @pytest.fixture(scope="module")
 def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in OFFLINE_ENV.items():
-            mp.setenv(key, value)
-        mp.delenv("AWS_PROFILE", raising=False)
+    with offline_aws():
         yield
 
 
@@ -217,7 +202,7 @@ def test_local_batch_transform_reaches_the_training_accuracy(offline, cpu_image,
 
 
 def _byoctl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **AWS_OFFLINE, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "byoctl", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
@@ -242,7 +227,7 @@ def test_byoctl_local_train_deploy_invoke_transform_delete(offline, cpu_image, f
     # 2. deploy --local (the Estimator's model): serves in the foreground until delete --local.
     model_tar, _ = fitted
     port = free_port()
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **AWS_OFFLINE, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "deploy.log"
     with open(log_path, "w") as log:
         deploy = subprocess.Popen(

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from byoctl.kit import KitError, bodies, docker, idx, jobs, net, waiting
+from byoctl.kit import KitError, bodies, docker, idx, jobs, net, offline, waiting
 from mxnet_byoc.train import data, environment
 
 HPS = {"model": "mlp", "epochs": "2"}
@@ -144,3 +144,17 @@ def test_metrics_json_and_trained_job(tmp_path):
     job = jobs.TrainedJob(tmp_path, None)
     assert jobs.metrics_json(tmp_path) == job.metrics == {"validation_accuracy": 0.5}
     assert job.model_dir == tmp_path / "model" and job.failure == ""
+
+
+def test_offline_aws_sets_dummy_credentials_for_the_block_only(monkeypatch):
+    monkeypatch.setenv("AWS_PROFILE", "real-account")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    with offline.offline_aws():
+        assert "AWS_PROFILE" not in os.environ
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] == offline.AWS_OFFLINE["AWS_SECRET_ACCESS_KEY"]
+        import boto3
+
+        client = boto3.client("sts")
+        with pytest.raises(Exception, match="127.0.0.1:9|proxy|Proxy"):  # the dead proxy, never AWS
+            client.get_caller_identity()
+    assert os.environ["AWS_PROFILE"] == "real-account" and "HTTPS_PROXY" not in os.environ
