@@ -16,9 +16,10 @@ from . import project
 
 
 def find_mnist(shared: Path = project.SHARED_MNIST, cache: Path = project.MNIST_CACHE,
-               mirrors: Sequence[str] = mnist.MIRRORS, log: Callable[[str], None] = print) -> Path:
+               mirrors: Sequence[str] | None = None, log: Callable[[str], None] = print) -> Path:
     """The folder holding MNIST's four files: $MNIST_DIR when set (it must hold them; never written to),
-    else `shared` when it holds them, else `cache`, downloaded from `mirrors` as need be.
+    else `shared` when it holds them, else `cache`, downloaded from `mirrors` (default: $MNIST_MIRRORS,
+    else the public ones) as need be.
     byoctl.mnist.MnistError says what was tried when none works."""
     given = os.environ.get(mnist.MNIST_DIR_ENV)
     if given:

@@ -219,9 +219,21 @@ def test_find_mnist_fetches_into_the_cache_once(tmp_path: Path, monkeypatch: pyt
     assert good.requests == []
 
 
+def test_mnist_mirrors_replaces_the_public_mirrors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  good: _Mirror) -> None:
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setenv("MNIST_MIRRORS", f"http://127.0.0.1:9/nothing/ {good.url}")
+    assert mnist.configured_mirrors() == ("http://127.0.0.1:9/nothing/", good.url)
+    assert datasets.find_mnist(tmp_path / "none", tmp_path / "cache", log=lambda _: None) == tmp_path / "cache"
+    _assert_complete(tmp_path / "cache")
+    assert len(good.requests) == 4
+    monkeypatch.setenv("MNIST_MIRRORS", " ")
+    assert mnist.configured_mirrors() == mnist.MIRRORS
+
+
 def test_find_mnist_with_nothing_to_fetch_from_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                corrupt: _Mirror) -> None:
     monkeypatch.delenv("MNIST_DIR", raising=False)
-    with pytest.raises(mnist.MnistError, match="set MNIST_DIR"):
+    with pytest.raises(mnist.MnistError, match="set MNIST_DIR to their folder, or set MNIST_MIRRORS"):
         datasets.find_mnist(tmp_path / "none", tmp_path / "cache", [corrupt.url], log=lambda _: None)
     assert list((tmp_path / "cache").iterdir()) == []
