@@ -281,20 +281,14 @@ def test_project_build_prepares_base_image_and_proxy_ca_like_the_makefile(tmp_pa
     assert result.returncode != 0 and "not found" in result.stderr
 
 
-def test_missing_aws_cli(tmp_path):
+@pytest.mark.parametrize("tool, message", [("aws", "the AWS CLI ('aws') is not on PATH"),
+                                           ("docker", "'docker' is not on PATH")])
+def test_a_missing_tool_is_named_before_any_call(tmp_path, tool, message):
     fakes = Fakes(tmp_path, real_docker=False)
-    fakes.remove("aws")
+    fakes.remove(tool)
     result = run_script(["--version", "v1", *a_dockerfile(tmp_path)], fakes.env())
     assert result.returncode != 0
-    assert "the AWS CLI ('aws') is not on PATH" in result.stderr
-
-
-def test_missing_docker(tmp_path):
-    fakes = Fakes(tmp_path, real_docker=False)
-    fakes.remove("docker")
-    result = run_script(["--version", "v1", *a_dockerfile(tmp_path)], fakes.env())
-    assert result.returncode != 0
-    assert "'docker' is not on PATH" in result.stderr
+    assert message in result.stderr
     assert fakes.aws_calls() == []
 
 
