@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import requests
 
+from byoctl.kit.net import free_port
+from byoctl.kit.servers import serving
 from script_models import THREE_FUNCTIONS_SCRIPT, TRANSFORM_SCRIPT, train_regression, write_script
-from tests.container.dockerkit import free_port, serving, sh
 from tests.container.test_local_mode import ROLE, TELEMETRY_OPT_OUT, offline  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -229,9 +230,9 @@ def test_code_from_an_s3_submit_directory_with_requirements_from_pypi(cpu_image,
         started = time.monotonic()
         with serving(cpu_image, model_dir, env=env, mounts={HOST_CA: "/etc/ssl/certs/host-ca.crt:ro"}) as serve:
             print(f"s3 code + pip install + 2 workers ready in {time.monotonic() - started:.1f} s")
-            answer = requests.post(f"{serve.url}/invocations", data=json.dumps([[1, 2], [3, 4]]),
+            answer = requests.post(serve.url("/invocations"), data=json.dumps([[1, 2], [3, 4]]),
                                    headers={"Content-Type": "application/json"}, timeout=30)
-            logs = sh("docker", "logs", serve.name).stdout + sh("docker", "logs", serve.name).stderr
+            logs = serve.output()
     finally:
         server.stop()
     assert answer.status_code == 200, answer.text
