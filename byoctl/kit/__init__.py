@@ -14,6 +14,7 @@ mxnet_byoc.train.data.read_idx): byoctl's environment has no MXNet and no `reque
     commands   running a command to completion: its output, exit code and seconds
     docker     `docker run` commands and the image tags
     servers    `serve` as a process or as a container: start, wait until ready, stop
+    script_models  models in MXNet's layout (AWS's test model, a regression, a small CNN) and inference scripts
 """
 
 

@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from byoctl.kit.net import free_port
+from byoctl.kit.script_models import THREE_FUNCTIONS_SCRIPT, TRANSFORM_SCRIPT, train_regression, write_script
 from byoctl.kit.servers import serving
-from script_models import THREE_FUNCTIONS_SCRIPT, TRANSFORM_SCRIPT, train_regression, write_script
 from tests.container.test_local_mode import ROLE, TELEMETRY_OPT_OUT, offline  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

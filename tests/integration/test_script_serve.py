@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from script_models import copy_aws_model, write_script
+from byoctl.kit.script_models import copy_aws_model, write_script
 
 SLOW_SCRIPT = """
     import os

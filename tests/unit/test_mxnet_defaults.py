@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
+from byoctl.kit.script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import codecs, mxnet_defaults
 from mxnet_byoc.serve.device import Device
 from mxnet_byoc.serve.mxnet_defaults import CSV, JSON, NPY
-from script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model
 
 CPU = Device()
 

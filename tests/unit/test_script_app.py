@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from byoctl.kit.script_models import AWS_ANSWER, copy_aws_model, write_script
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import digits, selection, settings
-from script_models import AWS_ANSWER, copy_aws_model, write_script
 
 JSON = "application/json"
 

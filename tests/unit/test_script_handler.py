@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mxnet_byoc.serve import codecs, mxnet_defaults, script
-from mxnet_byoc.serve.device import Device
-from mxnet_byoc.serve.script import HandlerError, ScriptError, UserCode
-from script_models import (
+from byoctl.kit.script_models import (
     AWS_ANSWER,
     THREE_FUNCTIONS_SCRIPT,
     TRANSFORM_SCRIPT,
     write_script,
 )
+from mxnet_byoc.serve import codecs, mxnet_defaults, script
+from mxnet_byoc.serve.device import Device
+from mxnet_byoc.serve.script import HandlerError, ScriptError, UserCode
 
 CPU = Device()
 JSON = "application/json"

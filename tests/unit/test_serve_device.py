@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from serving_models import export_indicator_model
 
+from byoctl.kit.script_models import AWS_MODEL, write_script
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import device, mxnet_defaults, network, script
-from script_models import AWS_MODEL, write_script
 
 CUDA_REFUSAL = "Compile with USE_CUDA=1 to enable GPU usage"
 

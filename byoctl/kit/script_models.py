@@ -1,4 +1,5 @@
-"""Models and inference scripts for the script-mode serving tests (tests/unit, tests/integration, tests/container).
+"""Models and inference scripts for the script-mode serving tests (unit, integration and container). Training
+and exporting import MXNet when called (the project's .venv has it).
 
 - AWS's own test model for its default handlers (tests/resources/aws_default_handlers: `[[1, 2]]` ->
   `[[4.9999918937683105]]`);
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+from . import project
+
+RESOURCES = project.ROOT / "tests" / "resources"
 AWS_MODEL = RESOURCES / "aws_default_handlers"
 AWS_INPUT, AWS_ANSWER = [[1, 2]], b"[[4.9999918937683105]]"  # sagemaker-mxnet-inference-toolkit's pinned answer
 REGRESSION = (3.0, -2.0, 0.5)  # y = 3 x0 - 2 x1 + 0.5
