@@ -176,7 +176,7 @@ def _model_trainer_local(session: Any, job: TrainingJob) -> None:
     folder and the job's exited containers.
     """
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import Compute, InputData
+    from sagemaker.core.training.configs import Compute, InputData
     from sagemaker.train.model_trainer import Mode
 
     from byoctl.sessions import remove_compose_containers

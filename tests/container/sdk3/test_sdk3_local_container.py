@@ -101,8 +101,8 @@ def channels(mnist_dir, tmp_path_factory) -> Path:
 
 def _train(image: str, channels: Path, root: Path, hyperparameters: dict, source_code=None) -> Path:
     """ModelTrainer in local container mode, working in `root`; its model.tar.gz."""
+    from sagemaker.core.training.configs import Compute, InputData
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import Compute, InputData
     from sagemaker.train.model_trainer import Mode
 
     from byoctl.sessions import remove_compose_containers
@@ -135,7 +135,7 @@ def builtin_model(offline, cpu_image, channels, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def script_model(offline, cpu_image, channels, tmp_path_factory) -> Path:
-    from sagemaker.train.configs import SourceCode
+    from sagemaker.core.training.configs import SourceCode
 
     code = tmp_path_factory.mktemp("user-code")
     (code / "train_mlp.py").write_text(USER_SCRIPT)
