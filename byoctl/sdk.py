@@ -175,8 +175,8 @@ def _model_trainer_local(session: Any, job: TrainingJob) -> None:
     byoctl copies them to the output path, as SDK 2's local mode writes them there, and removes the
     folder and the job's exited containers.
     """
-    from sagemaker.train import ModelTrainer
     from sagemaker.core.training.configs import Compute, InputData
+    from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
 
     from byoctl.sessions import remove_compose_containers
