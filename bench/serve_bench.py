@@ -131,8 +131,7 @@ class Server:
         self.workers = workers
         self.log = log
         env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(self.port),
-               "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MXNET_BYOC_SERVE_HOST": "127.0.0.1",
-               "PYTHONPATH": os.pathsep.join([str(CONTAINER), str(ROOT / "bench")])}
+               "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MXNET_BYOC_SERVE_HOST": "127.0.0.1"}
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -306,7 +305,7 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path, label:
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
     serve = [sys.executable, str(CONTAINER / "serve")]
-    trivial = [sys.executable, "-m", "gunicorn", "--config", "python:mxnet_byoc.serve.server", "trivial_app:app"]
+    trivial = [sys.executable, str(ROOT / "bench" / "trivial_app.py")]
     bodies = {"json": work / "one.json", "uint8": work / "batch-uint8.npy", "float32": work / "batch-float32.npy"}
     np.save(bodies["uint8"], images[:1000])
     np.save(bodies["float32"], images[:1000].astype(np.float32) / 255)

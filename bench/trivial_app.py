@@ -1,9 +1,12 @@
-"""The baseline of the serving benchmark: a Flask endpoint that reads the body and answers a constant.
+"""A baseline of the serving benchmark: a Flask endpoint that reads the body and answers a constant.
 
-gunicorn runs it with the same config module as `serve`, so the two differ only in the work per request.
+`python bench/trivial_app.py` runs it under `serve`'s own gunicorn application and settings, so that it
+differs from `serve` only in the work per request.
 """
 
 from flask import Flask, Response, request
+
+from mxnet_byoc.serve import server, settings
 
 app = Flask(__name__)
 _ANSWER = b'{"predictions":[{"label":0}]}'
@@ -13,3 +16,12 @@ _ANSWER = b'{"predictions":[{"label":0}]}'
 def invocations() -> Response:
     request.get_data()
     return Response(_ANSWER, mimetype="application/json")
+
+
+class UnderServeSettings(server.Application):
+    def load(self) -> Flask:
+        return app
+
+
+if __name__ == "__main__":
+    UnderServeSettings(settings.from_env()).run()

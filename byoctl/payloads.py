@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# By file name extension; the server (mxnet_byoc.serve.codecs) accepts exactly these request types.
+from mxnet_byoc.serve import mediatypes  # standard library only: no numpy in byoctl
+
+# By file name extension, one for each request type the image's server accepts.
 CONTENT_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".npy": "application/x-npy",
-    ".json": "application/json",
-    ".jsonl": "application/jsonlines",
-    ".csv": "text/csv",
+    ".png": mediatypes.PNG,
+    ".jpg": mediatypes.JPEG,
+    ".jpeg": mediatypes.JPEG,
+    ".npy": mediatypes.NPY,
+    ".json": mediatypes.JSON,
+    ".jsonl": mediatypes.JSONLINES,
+    ".csv": mediatypes.CSV,
 }
 # SageMaker's limit for one real-time request.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024

@@ -4,7 +4,6 @@
 #   docker/requirements.txt                              -> docker/requirements-cpu.lock
 #   docker/requirements.txt (less mxnet)
 #     + docker/requirements-gpu.txt                      -> docker/requirements-gpu.lock
-#   docker/requirements-tools.txt (pip, both flavours)   -> docker/requirements-tools.lock
 #
 # Run it (`make locks`) after changing either input; tests/unit/test_requirements_locks.py fails while a
 # lock is stale. Uses pip-tools from the project's virtualenv and PyPI alone: this machine's local
@@ -34,5 +33,4 @@ compile() {
 
 compile docker/requirements-cpu.lock docker/requirements.txt
 compile docker/requirements-gpu.lock "$work/requirements-gpu.in"
-compile docker/requirements-tools.lock docker/requirements-tools.txt
-echo "wrote docker/requirements-cpu.lock, docker/requirements-gpu.lock and docker/requirements-tools.lock"
+echo "wrote docker/requirements-cpu.lock and docker/requirements-gpu.lock"

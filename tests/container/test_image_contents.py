@@ -1,6 +1,6 @@
 """What both images hold and declare: SageMaker's contract (label, CMD, no /opt/ml, PATH), what SDK 3's script
 runner needs (bash, python3 and pip3 on PATH), and supply-chain hygiene (hash-locked packages listed in the
-image, no compilers, caches or build-time CA; pip only in the venv, from its own lock)."""
+image, no compilers, caches or build-time CA; pip only in the venv, as pinned in the lock)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dockerkit import ROOT, sh
 pytestmark = pytest.mark.container
 
 LOCKS = {"cpu": ROOT / "docker" / "requirements-cpu.lock", "gpu": ROOT / "docker" / "requirements-gpu.lock"}
-TOOLS_LOCK = ROOT / "docker" / "requirements-tools.lock"  # pip, in both images
 
 
 @pytest.fixture(params=["cpu", "gpu"])
@@ -59,7 +58,7 @@ def test_installed_packages_are_exactly_the_lock(image: str, flavour: str) -> No
     """PACKAGES.txt (pip freeze at build time) ships in the image and matches the hash-pinned lock."""
     shipped = in_image(image, "cat /opt/program/PACKAGES.txt")
     installed = {_norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", shipped, re.M)}
-    lock_text = LOCKS[flavour].read_text() + TOOLS_LOCK.read_text()
+    lock_text = LOCKS[flavour].read_text()
     locked = {_norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock_text, re.M)}
     assert installed == locked
     assert installed["pip"] == "26.3"

@@ -85,7 +85,7 @@ def error_classes(cls: type) -> set[type]:
 def test_document_lists_every_status_the_code_raises():
     responses = {path: {method: set(operation["responses"]) for method, operation in item.items()
                         if method in HTTP_METHODS} for path, item in document()["paths"].items()}
-    # Every client error of the codecs and of the app (predictor.py defines 408 and 413), the app's 500 for
+    # Every client error of the codecs and of the app (app.py defines 408 and 413), the app's 500 for
     # its own faults, and 503 until the model is loaded.
     raised = {str(cls.status) for cls in error_classes(codecs.CodecError)} | {"200", "500", "503"}
     assert {"400", "406", "408", "413", "415"} <= raised  # the walk over subclasses found them all

@@ -381,3 +381,22 @@ def test_npy_big_endian_and_format_2_arrays_are_read():
     np.lib.format.write_array(buffer, images, version=(2, 0))
     np.testing.assert_allclose(decode(buffer.getvalue(), "application/x-npy").reshape(2, 28, 28), images / 255,
                                rtol=1e-6)
+
+
+def test_running_out_of_memory_is_not_a_client_error(monkeypatch):
+    def no_memory(stream):
+        raise MemoryError
+
+    monkeypatch.setattr(np.lib.format, "read_array_header_1_0", no_memory)
+    codecs._cached_npy_header.cache_clear()
+    with pytest.raises(MemoryError):
+        decode(npy(digits(1)[0]), "application/x-npy")
+
+
+def test_npy_format_3_is_read_without_allocating_its_declared_shape():
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, digits(2), version=(3, 0))
+    np.testing.assert_allclose(decode(buffer.getvalue(), "application/x-npy"), digits(2)[:, None] / 255, rtol=1e-6)
+    huge = buffer.getvalue().replace(b"(2, 28, 28)", b"(99999999999, 28, 28)")
+    with pytest.raises(codecs.BadRequest, match="its data is shorter than"):
+        decode(huge, "application/x-npy")

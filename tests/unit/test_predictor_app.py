@@ -197,7 +197,7 @@ def test_unknown_paths_and_methods_answer_json(client):
 
 def test_a_server_error_is_500_logged_and_the_app_goes_on(model_dir, caplog, monkeypatch):
     app = ready_app(model_dir)
-    model = app.extensions[predictor.LOADER_KEY].model
+    model = app.extensions[predictor.LOADER_KEY].handler.model
     monkeypatch.setattr(model, "predict", lambda batch: 1 / 0)
     client = app.test_client()
     with caplog.at_level(logging.ERROR, logger="mxnet_byoc"):
@@ -246,7 +246,7 @@ def test_an_unusable_model_is_503_with_a_reason(tmp_path, model_dir, breakage, f
     app = predictor.create_app(broken, config())
     loader = app.extensions[predictor.LOADER_KEY]
     assert eventually(lambda: "no usable model" in loader.reason)
-    assert loader.model is None
+    assert loader.handler is None
     assert fragment in error_of(app.test_client().get("/ping"), 503)
 
 

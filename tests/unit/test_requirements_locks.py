@@ -35,14 +35,8 @@ def test_gpu_lock_holds_the_runtime_pins_with_mxnet_cu112() -> None:
     assert "mxnet" not in pins(DOCKER / "requirements-gpu.lock")  # never both MXNet builds
 
 
-def test_tools_lock_holds_pip_and_nothing_else() -> None:
-    wanted = pins(DOCKER / "requirements-tools.txt")
-    _check(DOCKER / "requirements-tools.lock", wanted)
-    assert set(pins(DOCKER / "requirements-tools.lock")) == set(wanted) == {"pip"}
-
-
 def test_every_locked_requirement_has_a_hash() -> None:
-    for lock in ("requirements-cpu.lock", "requirements-gpu.lock", "requirements-tools.lock"):
+    for lock in ("requirements-cpu.lock", "requirements-gpu.lock"):
         blocks = re.split(r"\n(?=[A-Za-z0-9])", (DOCKER / lock).read_text())
         for block in blocks:
             if PIN.match(block):

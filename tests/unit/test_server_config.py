@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from mxnet_byoc.serve import settings
+from mxnet_byoc.serve import network, settings
 from mxnet_byoc.serve.settings import ConfigError, from_env
 
 
@@ -60,6 +64,26 @@ def test_bad_values_name_the_variable(env, message):
 
 
 def test_cpu_count_is_positive_and_within_the_affinity_mask():
-    import os
-
     assert 1 <= settings.cpu_count() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("cpu_max, expected", [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1),
+                                               ("garbage", None)])
+def test_cpu_count_is_capped_by_a_cgroup_quota(tmp_path, cpu_max, expected):
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    mask = len(os.sched_getaffinity(0))
+    assert settings.cpu_count(str(tmp_path / "cpu.max")) == (mask if expected is None else min(mask, expected))
+    assert settings.cpu_count(str(tmp_path / "absent")) == mask
+
+
+def test_mxnet_library_path_names_the_libmxnet_that_is_loaded(tmp_path):
+    code = "from mxnet_byoc.serve import network; print(network.library()._name)"
+    (tmp_path / "elsewhere").symlink_to(os.path.dirname(network._packaged_library()))  # its libraries beside it
+    link = str(tmp_path / "elsewhere" / "libmxnet.so")
+    for given in (link, str(tmp_path / "missing.so")):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "MXNET_LIBRARY_PATH": given})
+        if given == link:
+            assert result.returncode == 0 and result.stdout.strip() == given, result.stderr
+        else:
+            assert result.returncode != 0 and "missing.so" in result.stderr

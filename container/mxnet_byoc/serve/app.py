@@ -1,8 +1,9 @@
 """The Flask app behind `serve`: SageMaker's /ping, /invocations and /execution-parameters.
 
-gunicorn calls `create_app()` once in each worker; the worker loads the model in a background thread,
-so it answers /ping at once: 503 with the reason until the model is loaded and a warm-up prediction
-passed, 200 after. A model directory that is missing or unusable is retried whenever its files change.
+gunicorn calls `create_app()` once in each worker; the worker builds its `Handler` (handler.py: the built-in
+digit model, or another implementation passed as `load`) in a background thread, so it answers /ping at
+once: 503 with the reason until the handler is built, 200 after. A model directory that is missing or
+unusable is retried whenever its files change.
 
 POST /invocations, the one endpoint under load, is a plain WSGI callable mounted in front of Flask's
 dispatch (Flask's documented `app.wsgi_app` middleware slot); Flask serves every other path. Measured
@@ -17,7 +18,6 @@ import logging
 import os
 import threading
 import time
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import modeldir
-from . import codecs, network, settings
+from . import codecs, digits, errors, network, settings
+from .handler import Handler, Load
+from .mediatypes import JSON
 
 LOADER_KEY = "mxnet_byoc.model_loader"
 POLL_INTERVAL_S = 1.0
@@ -36,11 +38,12 @@ log = logging.getLogger("mxnet_byoc.predictor")
 
 
 class ModelLoader:
-    """Loads the model once, off the request thread; `model` is None until it is ready to serve."""
+    """Builds the handler once, off the request thread; `handler` is None until it is ready to serve."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, load: Load):
         self.model_dir = model_dir
-        self.model: network.Model | None = None
+        self.load = load
+        self.handler: Handler | None = None
         self.reason = f"the model in {model_dir} is loading"
         self._loaded = threading.Event()
         self._attempted = threading.Event()  # the first load has finished, either way
@@ -49,7 +52,7 @@ class ModelLoader:
         threading.Thread(target=self._run, name="model-loader", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once the model is loaded (tests use it; the server answers 503 meanwhile)."""
+        """True once the handler is built (tests use it; the server answers 503 meanwhile)."""
         return self._loaded.wait(timeout)
 
     def wait_first_attempt(self, timeout: float | None = None) -> bool:
@@ -72,7 +75,7 @@ class ModelLoader:
     def _try_load(self) -> bool:
         started = time.perf_counter()
         try:
-            model = network.load(self.model_dir)
+            handler = self.load(self.model_dir)
         except Exception as e:  # any failure is a reason for /ping, never a dead worker
             self.reason = f"no usable model: {e}"
             if isinstance(e, (modeldir.ModelDirError, network.InferenceError)):
@@ -80,12 +83,10 @@ class ModelLoader:
             else:
                 log.exception("loading the model in %s failed", self.model_dir)
             return False
-        self.model = model
+        self.handler = handler
         self._loaded.set()
-        log.info(
-            "model loaded from %s in %.3f s: input %s, %d classes (pid %d)",
-            self.model_dir, time.perf_counter() - started, list(model.input_shape), model.num_classes, os.getpid(),
-        )
+        log.info("model loaded from %s in %.3f s: %s (pid %d)",
+                 self.model_dir, time.perf_counter() - started, handler, os.getpid())
         return True
 
 
@@ -97,43 +98,56 @@ def _directory_state(path: Path) -> object:
         return None
 
 
-def create_app(model_dir: str | Path | None = None, config: settings.ServerConfig | None = None) -> Flask:
-    """The app for one worker; starts loading the model in `model_dir` (default $SAGEMAKER_BASE_DIR/model)."""
+def create_app(model_dir: str | Path | None = None, config: settings.ServerConfig | None = None,
+               load: Load | None = None) -> Flask:
+    """The app for one worker; starts building its handler with `load` (default: the built-in digit model)
+    from `model_dir` (default $SAGEMAKER_BASE_DIR/model). `serve` passes the config it read; without one the
+    environment is read here (`gunicorn 'predictor:create_app()'`)."""
     config = config or settings.from_env()
-    loader = ModelLoader(Path(model_dir) if model_dir else modeldir.default_dir())
+    loader = ModelLoader(Path(model_dir) if model_dir else modeldir.default_dir(),
+                         load or digits.loader(config.default_accept))
     app = Flask(__name__)
     app.extensions[LOADER_KEY] = loader
 
     @app.get("/ping")
     def ping() -> Response:
-        if loader.model is None:
-            return _json(503, {"error": loader.reason})
-        return _json(200, {"status": "healthy"})
+        if loader.handler is None:
+            return _error(503, loader.reason)
+        return _json({"status": "healthy"})
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
-        return _json(200, config.execution_parameters())
+        return _json(config.execution_parameters())
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Response:
         _discard_body(request.environ)
-        response = _json(e.code or 500, {"error": e.description or e.name})
+        allow = []
         if isinstance(e, MethodNotAllowed) and e.valid_methods:  # a 405 must say what is allowed (RFC 9110)
-            response.headers["Allow"] = ", ".join(e.valid_methods)
-        return response
+            allow = [("Allow", ", ".join(e.valid_methods))]
+        return _error(e.code or 500, e.description or e.name, allow)
 
     @app.errorhandler(Exception)
     def server_error(e: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return _json(500, {"error": _internal_error(e)})
+        return _error(500, errors.internal_error(e))
 
     app.wsgi_app = _Mount("/invocations", Invocations(loader, config), app.wsgi_app)  # type: ignore[method-assign]
     loader.start()
     return app
 
 
+def _json(document: object) -> Response:
+    return Response(orjson.dumps(document), status=200, mimetype=JSON)
+
+
+def _error(status: int, message: str, headers: errors.Headers | None = None) -> Response:
+    status_line, all_headers, body = errors.render(status, message, headers)
+    return Response(body, status=status_line, headers=all_headers)
+
+
 class Invocations:
-    """POST /invocations as a WSGI callable: body -> codecs -> model -> codecs, errors as JSON."""
+    """POST /invocations as a WSGI callable: the body to the handler, its answer or error back."""
 
     def __init__(self, loader: ModelLoader, config: settings.ServerConfig):
         self.loader = loader
@@ -143,27 +157,33 @@ class Invocations:
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         try:
             if environ.get("REQUEST_METHOD") != "POST":
-                return _respond(start_response, 405, _error_body("use POST for /invocations"), [("Allow", "POST")])
-            model = self.loader.model
-            if model is None:
+                return _error_answer(start_response, 405, "use POST for /invocations", [("Allow", "POST")])
+            handler = self.loader.handler
+            if handler is None:
                 _discard_body(environ)
-                return _respond(start_response, 503, _error_body(self.loader.reason))
+                return _error_answer(start_response, 503, self.loader.reason)
             try:
                 body = _read_body(environ, self.config.max_payload_bytes, self.limit_text)
             except TimeoutError:  # the connection's read timeout (server.SyncWorker)
                 raise RequestTimeout(
                     f"the body stalled: nothing arrived for {self.config.read_timeout_s:g} s") from None
-            kind = codecs.negotiate(environ.get("HTTP_ACCEPT"), self.config.default_accept)
-            batch = codecs.decode(body, environ.get("CONTENT_TYPE"), model.input_shape)
-            answer = codecs.encode(model.predict(batch), model.classes, kind)
-            return _respond(start_response, 200, answer, content_type=_CONTENT_TYPES[kind])
+            answer, content_type = handler.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(answer)))])
+            return [answer]
         except codecs.CodecError as e:
             if not isinstance(e, RequestTimeout):  # a stalled client would stall the drain as well
                 _discard_body(environ)
-            return _respond(start_response, e.status, _error_body(str(e)))
+            return _error_answer(start_response, e.status, str(e))
         except Exception as e:  # a real fault: logged with its traceback; the worker goes on serving
             log.exception("unexpected error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return _respond(start_response, 500, _error_body(_internal_error(e)))
+            return _error_answer(start_response, 500, errors.internal_error(e))
+
+
+def _error_answer(start_response: Any, status: int, message: str,
+                  headers: errors.Headers | None = None) -> list[bytes]:
+    status_line, all_headers, body = errors.render(status, message, headers)
+    start_response(status_line, all_headers)
+    return [body]
 
 
 class _Mount:
@@ -176,32 +196,6 @@ class _Mount:
         if environ.get("PATH_INFO") == self.path:
             return self.handler(environ, start_response)
         return self.fallback(environ, start_response)
-
-
-_CONTENT_TYPES = {
-    codecs.JSON: codecs.JSON,
-    codecs.JSONLINES: codecs.JSONLINES,
-    codecs.CSV: f"{codecs.CSV}; charset=utf-8",
-}
-
-
-def _respond(start_response: Any, status: int, body: bytes, headers: list[tuple[str, str]] | None = None,
-             content_type: str = codecs.JSON) -> list[bytes]:
-    start_response(f"{status} {HTTPStatus(status).phrase}",
-                   [("Content-Type", content_type), ("Content-Length", str(len(body))), *(headers or [])])
-    return [body]
-
-
-def _error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
-def _internal_error(e: Exception) -> str:
-    return f"internal error ({type(e).__name__}); the server log has the traceback"
-
-
-def _json(status: int, document: object) -> Response:
-    return Response(orjson.dumps(document), status=status, mimetype=codecs.JSON)
 
 
 class PayloadTooLarge(codecs.CodecError):
@@ -224,9 +218,12 @@ def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
             raise codecs.BadRequest(f"Content-Length {declared!r} is not a number") from None
         if length > limit:
             raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit_text}")
-        body = _read_from_socket(stream, length)
-        if body is None:
-            body = _fast_reader(stream).read(length)
+        try:
+            body = _read_from_socket(stream, length)
+            if body is None:
+                body = _fast_reader(stream).read(length)
+        except MemoryError:  # the one allocation here is the body's: its size is the cause
+            raise PayloadTooLarge(f"the body has {length} bytes, more than this worker can hold now") from None
         if len(body) < length:
             raise codecs.BadRequest(f"the body ended after {len(body)} of its {length} bytes")
         return body

@@ -1,59 +1,109 @@
-"""gunicorn's settings for `serve` (`gunicorn -c python:mxnet_byoc.serve.server`), from ServerConfig.
+"""`serve`: gunicorn, configured here and nowhere else, from the one ServerConfig that `main` reads.
 
 sync workers: one request at a time per worker, one worker per CPU by default (gthread workers gained
-nothing in measurements). Each worker loads its own copy of the model after the fork.
+nothing in measurements). Each worker builds its own app, and so loads its own copy of the model, after
+the fork.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import logging
 import os
 import sys
+from typing import Any
 
 import gunicorn.util
+from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
-from . import settings
-
-_config = settings.from_env()
-
-# Before any worker loads libmxnet.so: one OpenMP thread per worker (the workers already fill the
-# CPUs) and MXNet's synchronous engine, which saves a thread hand-off per operator.
-os.environ.setdefault(settings.OMP_NUM_THREADS, "1")
-os.environ.setdefault(settings.MXNET_ENGINE_TYPE, "NaiveEngine")
-
-bind = [f"{_config.host}:{_config.port}"]
-workers = _config.workers
-worker_class = "mxnet_byoc.serve.server.SyncWorker"
-timeout = _config.timeout_s
-graceful_timeout = settings.GRACEFUL_TIMEOUT_S
-proc_name = "mxnet-byoc-serve"
-# The heartbeat file on tmpfs: a slow or overlay disk can stall it and get healthy workers killed.
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-accesslog = "-"
-errorlog = "-"
-loglevel = "info"
-# One line per request: client, request line, status, response bytes, latency in microseconds.
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus'
+from . import errors, settings
+from .app import LOADER_KEY, ModelLoader, create_app
 
 
-def _write_json_error(sock: object, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's own answers (a request it cannot parse, such as a bad Content-Length; a worker killed
-    mid-request) in the app's JSON error form instead of an HTML page."""
-    body = json.dumps({"error": mesg or reason}).encode()
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+def main() -> int:
+    """`container/serve`: read the settings (a bad one stops here with one line, exit 2), then run gunicorn."""
+    try:
+        config = settings.from_env()
+    except settings.ConfigError as e:
+        print(f"serve: {e}", file=sys.stderr)
+        return 2
+    for name, value in settings.WORKER_ENV_DEFAULTS.items():  # before any worker loads libmxnet.so
+        os.environ.setdefault(name, value)
+    Application(config).run()  # gunicorn's master: exits the process itself
+    return 0
+
+
+class Application(BaseApplication):
+    """gunicorn with `serve`'s settings; each worker's WSGI app is `create_app(config=...)`."""
+
+    def __init__(self, config: settings.ServerConfig):
+        self.config = config
+        self.loader: ModelLoader | None = None  # this worker's, once `load` has run in it
+        super().__init__()
+
+    def load_config(self) -> None:
+        config = self.config
+        for name, value in {
+            "bind": [f"{config.host}:{config.port}"],
+            "workers": config.workers,
+            "worker_class": SyncWorker,
+            "timeout": config.timeout_s,
+            "graceful_timeout": settings.GRACEFUL_TIMEOUT_S,
+            "proc_name": "mxnet-byoc-serve",
+            # The heartbeat file on tmpfs: a slow or overlay disk can stall it and get healthy workers killed.
+            "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": "info",
+            # One line per request: client, request line, status, response bytes, latency in microseconds.
+            "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s %(D)sus',
+            "on_starting": _log_app_messages,
+            "post_fork": _reuse_freed_memory,
+            "post_worker_init": self.wait_for_model,
+        }.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        """Called in each worker after the fork."""
+        app = create_app(config=self.config)
+        self.loader = app.extensions[LOADER_KEY]
+        return app
+
+    def wait_for_model(self, worker: Any) -> None:
+        """Take connections only once the model is loaded (or failed to load): a worker started in place of a
+        dead one would otherwise answer 503 to requests and pings that the other workers could serve.
+        Bounded well below `timeout`, after which gunicorn kills a worker that has not reported in."""
+        if self.loader is not None:  # None for another app (the bench's trivial endpoint)
+            self.loader.wait_first_attempt(self.config.timeout_s / 2)
+
+
+class SyncWorker(GunicornSyncWorker):
+    """gunicorn's sync worker with a read timeout on every connection, and JSON for gunicorn's own errors.
+
+    gunicorn's own reads have none: a client that stalls in its headers or its body would hold the worker
+    until the master kills it for not reporting in (a 500 and a worker restart). With it, a stall in the
+    headers closes the connection, and one in the body gets 408 from the app."""
+
+    def init_process(self) -> None:
+        # gunicorn answers requests it cannot parse (a bad Content-Length) through util.write_error.
+        gunicorn.util.write_error = _write_json_error
+        super().init_process()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        client.settimeout(self.app.config.read_timeout_s)
+        super().handle(listener, client, addr)
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own answers (a request it cannot parse; an error outside the app) in the app's error form."""
+    status_line, headers, body = errors.render(status_int, mesg or reason, [("Connection", "close")], reason)
+    head = "".join([f"HTTP/1.1 {status_line}\r\n", *(f"{k}: {v}\r\n" for k, v in headers), "\r\n"])
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-# The workers call gunicorn.util.write_error for the errors above; they inherit this at fork.
-gunicorn.util.write_error = _write_json_error
-
-
-def on_starting(server: object) -> None:
+def _log_app_messages(server: Any) -> None:
     # The app's own messages (model loaded, load failures, tracebacks of 500s) go to stderr like gunicorn's.
     logger = logging.getLogger("mxnet_byoc")
     if not logger.handlers:
@@ -65,33 +115,7 @@ def on_starting(server: object) -> None:
         logger.propagate = False
 
 
-def post_fork(server: object, worker: object) -> None:
-    _reuse_freed_memory()
-
-
-class SyncWorker(GunicornSyncWorker):
-    """gunicorn's sync worker with a read timeout on every connection.
-
-    gunicorn's own reads have none: a client that stalls in its headers or its body would hold the worker
-    until the master kills it for not reporting in (a 500 and a worker restart). With it, a stall in the
-    headers closes the connection, and one in the body gets 408 from the app."""
-
-    def handle(self, listener: object, client: object, addr: object) -> None:
-        client.settimeout(_config.read_timeout_s)  # type: ignore[attr-defined]
-        super().handle(listener, client, addr)
-
-
-def post_worker_init(worker: object) -> None:
-    # Take connections only once the model is loaded (or failed to load): a worker started in place of a
-    # dead one would otherwise answer 503 to requests and pings that the other workers could serve.
-    # Bounded well below `timeout`, after which gunicorn kills a worker that has not reported in.
-    predictor = sys.modules.get("mxnet_byoc.serve.app")  # absent when it serves another app (bench)
-    loader = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(predictor.LOADER_KEY) if predictor else None
-    if loader is not None:
-        loader.wait_first_attempt(_config.timeout_s / 2)
-
-
-def _reuse_freed_memory() -> None:
+def _reuse_freed_memory(server: Any, worker: Any) -> None:
     """Serve large arrays from glibc's heap instead of fresh mmaps.
 
     By default every array above 128 KiB (a 1,000-image batch is 3 MB) gets new pages from the kernel,

@@ -1,4 +1,4 @@
-"""The serving settings, read from the environment once: gunicorn's config and the Flask app share them.
+"""The serving settings, read from the environment once (server.main): gunicorn and the app share them.
 
 Every value is checked here, so a bad setting stops `serve` at start with a message naming the variable,
 rather than surfacing as odd behaviour under load.
@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import codecs
+from . import mediatypes
 
 # SageMaker's variables (and those of AWS's own model servers, which users of those know).
 BIND_TO_PORT = "SAGEMAKER_BIND_TO_PORT"
@@ -25,6 +25,9 @@ SERVE_HOST = "MXNET_BYOC_SERVE_HOST"  # interface `serve` binds; 0.0.0.0 in the 
 MXNET_LIBRARY_PATH = "MXNET_LIBRARY_PATH"  # libmxnet.so to load, as MXNet's own loader reads it
 MXNET_ENGINE_TYPE = "MXNET_ENGINE_TYPE"
 OMP_NUM_THREADS = "OMP_NUM_THREADS"
+# Given to the workers unless set: one OpenMP thread each (the workers already fill the CPUs), and MXNet's
+# synchronous engine, which saves a thread hand-off per operator.
+WORKER_ENV_DEFAULTS = {OMP_NUM_THREADS: "1", MXNET_ENGINE_TYPE: "NaiveEngine"}
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
@@ -75,10 +78,10 @@ def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
     strategy = (env.get(BATCH_STRATEGY) or "MULTI_RECORD").strip().upper()
     if strategy not in BATCH_STRATEGIES:
         raise ConfigError(f"{BATCH_STRATEGY}={strategy!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
-    accept = codecs.media_type(env.get(DEFAULT_INVOCATIONS_ACCEPT) or codecs.JSON)
-    if accept not in codecs.RESPONSE_TYPES:
+    accept = mediatypes.media_type(env.get(DEFAULT_INVOCATIONS_ACCEPT) or mediatypes.JSON)
+    if accept not in mediatypes.RESPONSE_TYPES:
         raise ConfigError(
-            f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(codecs.RESPONSE_TYPES)}"
+            f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(mediatypes.RESPONSE_TYPES)}"
         )
     return ServerConfig(
         host=(env.get(SERVE_HOST) or DEFAULT_HOST).strip(),
@@ -91,11 +94,14 @@ def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
     )
 
 
-def cpu_count() -> int:
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2's CPU quota and period, "max 100000" when unlimited
+
+
+def cpu_count(cgroup_cpu_max: str = CGROUP_CPU_MAX) -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (docker --cpus)."""
     count = len(os.sched_getaffinity(0))
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
+        with open(cgroup_cpu_max) as f:
             quota, period = f.read().split()[:2]
         if quota != "max":
             count = min(count, max(1, math.ceil(int(quota) / int(period))))

@@ -1,0 +1,24 @@
+"""The media types the built-in model serves, in one place: the codecs, the settings' checks and byoctl (which
+must not import numpy) read them from here. Standard library only."""
+
+from __future__ import annotations
+
+import functools
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+CSV = "text/csv"
+NPY = "application/x-npy"
+PNG = "image/png"
+JPEG = "image/jpeg"
+
+REQUEST_TYPES = (JSON, JSONLINES, CSV, NPY, PNG, JPEG)
+RESPONSE_TYPES = (JSON, JSONLINES, CSV)
+
+
+@functools.lru_cache(maxsize=64)
+def media_type(header: str | None) -> str:
+    """`text/csv; charset=utf-8` -> `text/csv` (lower case, parameters dropped)."""
+    if not header:
+        return ""
+    return header.split(";", 1)[0].strip().lower()

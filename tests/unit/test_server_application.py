@@ -1,0 +1,66 @@
+"""`serve`'s gunicorn application (mxnet_byoc.serve.server): the settings are read once, in `main`, and
+every gunicorn setting and every worker's app come from that one ServerConfig."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mxnet_byoc.serve import app as predictor
+from mxnet_byoc.serve import server, settings
+
+
+@pytest.fixture(autouse=True)
+def worker_environment(monkeypatch) -> None:
+    """`main` sets these for the workers; whatever it sets is undone after each test."""
+    for name in settings.WORKER_ENV_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[settings.ServerConfig]:
+    """Every ServerConfig read from the environment from now on."""
+    found = []
+    original = settings.from_env
+
+    def counted(env=None):
+        found.append(original(env))
+        return found[-1]
+
+    monkeypatch.setattr(settings, "from_env", counted)
+    return found
+
+
+def test_main_reads_the_settings_once_and_the_workers_app_uses_them(monkeypatch, reads, tmp_path):
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "9")
+    ran = []
+
+    def run(self: server.Application) -> None:  # what a worker does, without gunicorn's master and fork
+        ran.append((self.cfg, self.load(), self))
+
+    monkeypatch.setattr(server.Application, "run", run)
+    assert server.main() == 0
+    (cfg, app, application), = ran
+    assert len(reads) == 1
+    assert (cfg.workers, cfg.timeout, cfg.bind) == (3, 60, [f"0.0.0.0:{reads[0].port}"])
+    assert cfg.worker_class is server.SyncWorker
+    assert app.test_client().get("/execution-parameters").get_json()["MaxPayloadInMB"] == 9
+    assert application.loader is app.extensions[predictor.LOADER_KEY]
+    assert len(reads) == 1  # the worker's app took the config it was given
+
+
+def test_worker_environment_defaults_leave_the_users_values(monkeypatch):
+    monkeypatch.setattr(server.Application, "run", lambda self: None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert server.main() == 0
+    assert os.environ["OMP_NUM_THREADS"] == "4" and os.environ["MXNET_ENGINE_TYPE"] == "NaiveEngine"
+
+
+def test_a_bad_setting_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "http")
+    monkeypatch.setattr(server.Application, "run", lambda self: pytest.fail("gunicorn started"))
+    assert server.main() == 2
+    assert capsys.readouterr().err == "serve: SAGEMAKER_BIND_TO_PORT='http' is not a whole number\n"
