@@ -74,7 +74,8 @@ test: venv images
 # tests/container/sdk3 (SDK 3's ModelTrainer and local mode against the CPU image) and byoctl's AWS calls under
 # SDK 3; the rest of tests/ runs in .venv, under SDK 2 (pyproject.toml keeps pytest out of sdk3/).
 test-sdk3: client-venv image-cpu
-	$(CLIENT_PY) -m pytest tests/container/sdk3 tests/unit/test_byoctl_aws_calls.py $(SDK3_PYTEST_ARGS)
+	$(CLIENT_PY) -m pytest tests/container/sdk3 tests/unit/test_byoctl_aws_calls.py tests/unit/test_byoctl_imports.py \
+		$(SDK3_PYTEST_ARGS)
 
 demo: venv
 	$(PY) -m byoctl.demo $(DEMO_ARGS)
