@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.container.dockerkit import MNIST_FILES, ROOT, free_port, read_idx_gz
+from tests.container.dockerkit import CPU_IMAGE, MNIST_FILES, ROOT, free_port, read_idx_gz, sh
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -71,9 +71,13 @@ def compose_containers():
 
 
 def _local_mode_containers(running: bool = False) -> list[str]:
+    """Local mode's containers of this checkout's image (CPU_IMAGE): other checkouts sharing the Docker
+    engine use tags of their own, and their containers come and go while these tests run."""
     from byoctl.sessions import local_mode_containers
 
-    return [cid for cid, (state, _) in local_mode_containers().items() if state == "running" or not running]
+    ours = set(sh("docker", "ps", "-a", "-q", "--no-trunc", "--filter", f"ancestor={CPU_IMAGE}").stdout.split())
+    return [cid for cid, (state, _) in local_mode_containers().items()
+            if cid in ours and (state == "running" or not running)]
 
 
 def local_session(port: int):

@@ -26,7 +26,7 @@ import pytest
 
 from jobkit import write_subsets
 from tests.container.dockerkit import read_idx_gz
-from tests.container.test_local_mode import ROLE
+from tests.container.test_local_mode import ROLE, _local_mode_containers
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -168,7 +168,7 @@ def test_model_trainer_with_source_code_runs_the_user_script(script_model):
 
 @pytest.mark.parametrize("which", ["builtin_model", "script_model"])
 def test_local_endpoint_deploys_predicts_and_is_deleted(request, which, cpu_image, local_session, mnist_dir):
-    from byoctl.sessions import local_leftovers_removed, local_mode_containers
+    from byoctl.sessions import local_leftovers_removed
 
     model_tar = request.getfixturevalue(which)
     images = read_idx_gz(mnist_dir / "t10k-images-idx3-ubyte.gz")[:200]
@@ -200,4 +200,4 @@ def test_local_endpoint_deploys_predicts_and_is_deleted(request, which, cpu_imag
             client.delete_model(ModelName=name)
             client.delete_endpoint(EndpointName=name)  # stops the container
             client.delete_endpoint_config(EndpointConfigName=name)
-    assert not [c for c, (state, _) in local_mode_containers().items() if state == "running"]
+    assert not _local_mode_containers(running=True)
