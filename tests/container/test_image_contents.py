@@ -8,7 +8,9 @@ import json
 import re
 
 import pytest
-from dockerkit import ROOT, sh
+
+from byoctl.kit.commands import sh
+from byoctl.kit.project import ROOT
 
 pytestmark = pytest.mark.container
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from byoctl.kit.net import free_port
+from byoctl.kit.project import LOGS
 from tests.container import test_local_mode as one_host_tests
-from tests.container.dockerkit import LOGS, free_port
 from tests.container.test_local_mode import ROLE, _local_mode_containers, local_session
 
 # The single-host local-mode tests' module fixtures, shared by name: offline SDK environment, file://

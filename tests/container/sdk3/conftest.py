@@ -12,7 +12,8 @@ import os
 import pytest
 
 from byoctl import sdk
-from tests.container.test_local_mode import OFFLINE_ENV, ROLE  # noqa: F401  (ROLE: for the tests here)
+from byoctl.kit.net import free_port
+from byoctl.kit.offline import offline_aws
 
 if sdk.major() != 3:
     raise pytest.UsageError("tests/container/sdk3 needs the SageMaker Python SDK 3.x: run `make test-sdk3` "
@@ -29,10 +30,8 @@ def offline(tmp_path_factory):
     """
     config = tmp_path_factory.mktemp("sdk-config") / "config.yaml"
     config.write_text(json.dumps(TELEMETRY_OPT_OUT))  # YAML is a superset of JSON
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {**OFFLINE_ENV, "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config)}.items():
-            mp.setenv(key, value)
-        mp.delenv("AWS_PROFILE", raising=False)
+    with offline_aws(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
         yield
 
 
@@ -41,8 +40,6 @@ def local_session(offline):
     """SDK 3's local mode session (sagemaker.core.local), on a serving port of its own."""
     import boto3
     from sagemaker.core.local.local_session import LocalSession
-
-    from tests.container.dockerkit import free_port
 
     session = LocalSession(boto_session=boto3.Session(region_name=os.environ["AWS_DEFAULT_REGION"]),
                            sagemaker_config=TELEMETRY_OPT_OUT)

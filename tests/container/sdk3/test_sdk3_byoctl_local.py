@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.dockerkit import read_idx_gz
+from byoctl.kit.idx import mnist_arrays
 from tests.container.test_local_mode import byoctl_local_round_trip
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -17,8 +17,7 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 def test_byoctl_local_round_trip_under_sdk3(offline, cpu_image, mnist_dir, tmp_path):
     from byoctl.sessions import local_leftovers_removed
 
-    images = read_idx_gz(mnist_dir / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx_gz(mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    images, labels = mnist_arrays(mnist_dir, "test")
     with local_leftovers_removed():
         # The model trained here is the one deployed: the CNN, for the invocation's accuracy threshold.
         byoctl_local_round_trip(cpu_image, (images, labels), mnist_dir, tmp_path, train_records=12000,

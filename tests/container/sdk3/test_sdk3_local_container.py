@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobkit import write_subsets
-from tests.container.dockerkit import read_idx_gz
+from byoctl.kit.idx import mnist_arrays, write_subsets
 from tests.container.test_local_mode import ROLE, _local_mode_containers
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -171,8 +170,7 @@ def test_local_endpoint_deploys_predicts_and_is_deleted(request, which, cpu_imag
     from byoctl.sessions import local_leftovers_removed
 
     model_tar = request.getfixturevalue(which)
-    images = read_idx_gz(mnist_dir / "t10k-images-idx3-ubyte.gz")[:200]
-    labels = read_idx_gz(mnist_dir / "t10k-labels-idx1-ubyte.gz")[:200]
+    images, labels = mnist_arrays(mnist_dir, "test", 200)
     client, runtime = local_session.sagemaker_client, local_session.sagemaker_runtime_client
     name = f"sdk3-{which.replace('_', '-')}"
     with local_leftovers_removed():
