@@ -147,6 +147,19 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait_for_peers(self, timeout: float) -> None:
+        """Until every peer answers once (this host answers from construction on): hosts that start minutes
+        apart (a user's requirements.txt to install first) then get the usual `timeout` from here on."""
+        me = self.cluster.resources.current_host
+        waiting = [h for h in self.cluster.resources.hosts if h != me]
+        deadline = time.monotonic() + timeout
+        while waiting:
+            waiting = [h for h in waiting if not self._alive(self.cluster.addresses[h])]
+            if waiting and time.monotonic() > deadline:
+                raise TrainingError(f"hosts {waiting} did not come up within {timeout:.0f} s")
+            if waiting:
+                time.sleep(HEARTBEAT_INTERVAL / 2)
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
