@@ -112,17 +112,23 @@ def last_error(stderr: str) -> tuple[str, str]:
     """The script's last error line and the traceback it ends (empty when there is none).
 
     A Python traceback ends in `Type: message` at the start of a line; the last traceback in the output
-    counts (a chained exception's last part is the one that ended the script). Without one, the last
-    non-empty line of stderr is the error (argparse's usage error, a shell's message)."""
+    counts (a chained exception's last part is the one that ended the script). MXNet's errors carry the
+    C++ stack in their message (`MXNetError: Traceback ...`, frames, then the reason): their last line is
+    the reason. Without a traceback, the last non-empty line of stderr is the error (argparse's usage
+    error, a shell's message)."""
     lines = stderr.replace("\r\n", "\n").split("\n")
     starts = [i for i, line in enumerate(lines) if line.strip() == TRACEBACK_HEADER]
     if starts:
         start = starts[-1]
         for i in range(start + 1, len(lines)):
             if not _FRAME_LINE.match(lines[i]):
-                return lines[i].strip(), "\n".join(lines[start:i + 1])
-    for line in reversed(lines):
-        text = line.split("\r")[-1].strip()  # a progress bar redraws with \r: its last state counts
-        if text:
-            return text, ""
-    return "", ""
+                block = "\n".join(lines[start:]).rstrip()
+                error = lines[i].strip()
+                kind, _, message = error.partition(": ")
+                if message.strip() == TRACEBACK_HEADER:
+                    reason = next((line.strip() for line in reversed(lines[i + 1:]) if line.strip()), message)
+                    error = f"{kind}: {reason}"
+                return error, block
+    # A progress bar redraws its line with \r: its last state counts.
+    states = [part.strip() for line in lines for part in line.split("\r")]
+    return next((text for text in reversed(states) if text), ""), ""

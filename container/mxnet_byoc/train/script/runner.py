@@ -31,14 +31,17 @@ log = logging.getLogger("mxnet_byoc.script")
 
 EXIT_FAILED = 1
 EXIT_STOPPED = 143  # 128 + SIGTERM, as the built-in model's job exits when stopped
-# AWS's MXNet container: the scheduler listens on `_ps_port` (default 8000) of the first host.
+# AWS's MXNet container: the scheduler listens on `_ps_port` (default 8000) of the first host. Like those
+# two, `_peer_timeout` is a setting of the container's, and the script sees it among its arguments too.
 PS_PORT = "_ps_port"
 PS_VERBOSE = "_ps_verbose"
+PEER_TIMEOUT = "_peer_timeout"
 DEFAULT_PS_PORT = 8000
 # Hosts come up at different times (image pull, a requirements.txt to install): peers may take this long
-# to answer at all. Once every one has answered, a peer silent for PEER_TIMEOUT seconds fails the job.
+# to answer at all. Once every one has answered, a peer silent for `_peer_timeout` seconds (heartbeats on
+# `_ps_port + 1`) fails the job instead of leaving it hanging in a push.
 PEER_STARTUP_TIMEOUT = 900
-PEER_TIMEOUT = 60
+DEFAULT_PEER_TIMEOUT = 60
 FAILURE_DETAIL_LINES = 40  # of the script's stderr, below the reason, when it printed no traceback
 # The toolkit's rule: a relative path of plain names inside the code folder.
 _SAFE_ENTRY_POINT = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")
@@ -106,6 +109,16 @@ def _script_environment(env: smenv.ScriptEnv, code_dir: Path) -> dict[str, str]:
     return variables
 
 
+def _whole_number(hps: dict[str, Any], name: str, default: int) -> int:
+    try:
+        value = int(hps.get(name, default))
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0:
+        raise ScriptError(f"hyperparameter {name} must be a positive whole number, not {hps[name]!r}")
+    return value
+
+
 class _Cluster:
     """MXNet's parameter server for the script, built on the built-in model's distributed module."""
 
@@ -113,10 +126,8 @@ class _Cluster:
         from .. import distributed
 
         hps = env.hyperparameters
-        try:
-            port = int(hps.get(PS_PORT, DEFAULT_PS_PORT))
-        except (TypeError, ValueError):
-            raise ScriptError(f"hyperparameter {PS_PORT} must be a port number, not {hps[PS_PORT]!r}") from None
+        port = _whole_number(hps, PS_PORT, DEFAULT_PS_PORT)
+        self.peer_timeout = _whole_number(hps, PEER_TIMEOUT, DEFAULT_PEER_TIMEOUT)
         hosts = env.hosts
         resources = environment.Resources(current_host=env.current_host, hosts=hosts,
                                           network_interface=env.resource_config.get("network_interface_name"))
@@ -131,7 +142,7 @@ class _Cluster:
 
     def start(self, on_failure) -> None:
         if len(self.cluster.resources.hosts) > 1:
-            self.watchdog = self._distributed.Watchdog(self.cluster, self.servers, PEER_TIMEOUT, on_failure)
+            self.watchdog = self._distributed.Watchdog(self.cluster, self.servers, self.peer_timeout, on_failure)
             self.watchdog.wait_for_peers(PEER_STARTUP_TIMEOUT)
         self.servers.start()  # also puts the worker's DMLC_* variables into os.environ for the script
         if self.watchdog is not None:
@@ -201,6 +212,8 @@ def run(base: Path) -> int:
         else:
             usercode.install_requirements(code_dir)
         cmd = command(env, code_dir)
+        for folder in (paths.model, paths.output_data):  # SageMaker creates them; `docker run` may not
+            folder.mkdir(parents=True, exist_ok=True)
         if env.parameter_server:
             cluster = _Cluster(env)
             cluster.start(on_failure=lambda reason: script.abort(reason) if script else None)
