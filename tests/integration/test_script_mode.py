@@ -8,13 +8,11 @@ project's), and MXNet's parameter server across two loopback "hosts" for kvstore
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import time
 from pathlib import Path
@@ -214,17 +212,6 @@ def test_a_missing_entry_point_or_code_folder_is_a_clear_failure(tmp_path):
     assert failure(nowhere).startswith(f"the code location {tmp_path / 'nowhere'} does not exist")
 
 
-def _sourcedir(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = textwrap.dedent(text).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     from moto.server import ThreadedMotoServer
@@ -246,7 +233,7 @@ def test_code_from_an_s3_sourcedir_tarball_is_unpacked_into_the_code_folder(tmp_
     s3 = boto3.client("s3", region_name="eu-west-1", endpoint_url=s3_endpoint, **{
         "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
     s3.create_bucket(Bucket="sm-code", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    s3.put_object(Bucket="sm-code", Key="job-1/source/sourcedir.tar.gz", Body=_sourcedir({
+    s3.put_object(Bucket="sm-code", Key="job-1/source/sourcedir.tar.gz", Body=jobkit.sourcedir_tarball({
         "train.py": "import helper\nhelper.hello()\n",
         "helper.py": "import os\ndef hello():\n    print('hello from', os.getcwd())\n"}))
     uri = "s3://sm-code/job-1/source/sourcedir.tar.gz"

@@ -162,7 +162,7 @@ def _reason(outcome: process.Outcome, name: str) -> tuple[str, str]:
     if outcome.aborted:
         return outcome.aborted, traceback
     if outcome.stopped_by:
-        how = f"killed by {signal.Signals(outcome.signal).name}" if outcome.signal else \
+        how = f"was killed by {signal.Signals(outcome.signal).name}" if outcome.signal else \
             f"exited with code {outcome.returncode}"
         return f"Training job stopped: {outcome.stopped_by} received and passed on to {name}, which {how}", ""
     if outcome.signal:
