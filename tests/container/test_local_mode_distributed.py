@@ -115,10 +115,17 @@ class Run:
     container_logs: dict[str, str]  # compose service -> `docker logs`, complete even after compose aborted
 
 
+def _job_containers(image: str) -> set[str]:
+    """Local-mode containers of `image`: other sessions may run local mode on the same engine meanwhile."""
+    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", "label=com.docker.compose.project",
+                             "--filter", f"ancestor={image}"], capture_output=True, text=True, check=True)
+    return set(listed.stdout.split())
+
+
 def run_fit(estimator, inputs: dict[str, str], job_name: str, timeout: float = FIT_TIMEOUT_S) -> Run:
     """`estimator.fit(inputs)` in local mode, bounded: on a timeout the job's containers are killed and the
     test fails. The SDK's output (the containers' logs) is kept in build/test-logs/<job_name>.log."""
-    before = set(_local_mode_containers())
+    before = _job_containers(estimator.image_uri)
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
@@ -135,7 +142,7 @@ def run_fit(estimator, inputs: dict[str, str], job_name: str, timeout: float = F
         worker.join(timeout)
         seconds = time.monotonic() - started
         hung = worker.is_alive()
-        new = [cid for cid in _local_mode_containers() if cid not in before]
+        new = sorted(_job_containers(estimator.image_uri) - before)
         if hung:
             # Killing the containers ends `docker-compose up`, and with it the SDK's fit.
             subprocess.run(["docker", "rm", "-f", *new], capture_output=True)

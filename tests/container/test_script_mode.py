@@ -25,15 +25,28 @@ import jobkit
 from tests.container import test_local_mode as one_host_tests
 from tests.container.dockerkit import ROOT, docker_run, free_port, serving, sh
 from tests.container.test_local_mode import ROLE, local_session
-from tests.container.test_local_mode_distributed import host_lines, run_fit
+from tests.container.test_local_mode_distributed import _job_containers, host_lines, run_fit
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 offline = one_host_tests.offline
-compose_containers = one_host_tests.compose_containers
 
 EXAMPLES = ROOT / "examples" / "script-mode"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this machine's CA bundle, proxy CA included
+
+
+@pytest.fixture(scope="module")
+def compose_containers(cpu_image):
+    """Removes the containers this module's local-mode jobs leave behind (and only those: other sessions may
+    run local mode on the same engine); none may still run."""
+    before = _job_containers(cpu_image)
+    yield
+    new = sorted(_job_containers(cpu_image) - before)
+    states = {cid: sh("docker", "inspect", "--format", "{{.State.Status}}", cid, check=False).stdout.strip()
+              for cid in new}
+    if new:
+        sh("docker", "rm", "-f", *new, check=False)
+    assert not [cid for cid, state in states.items() if state == "running"], states
 
 
 @pytest.fixture(scope="module")

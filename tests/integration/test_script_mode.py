@@ -355,6 +355,39 @@ def test_the_parameter_server_joins_two_hosts_scripts_in_one_dist_sync_cluster(t
 
 
 @pytest.mark.slow
+def test_hosts_wait_for_each_other_then_all_end(tmp_path):
+    # The first host saves its model for a while after the others are done (SDK local mode stops every
+    # container as soon as one exits): the others wait for it, and then every host ends.
+    script = DIST_SCRIPT + textwrap.indent(textwrap.dedent("""
+        import time
+        if os.environ["SM_CURRENT_HOST"] == json.loads(os.environ["SM_HOSTS"])[0]:
+            time.sleep(4)
+        print(f"script ended at {time.time()}", flush=True)
+    """), "    ")
+    bases = _hosts(tmp_path, script, 9450)
+    logs = [open(tmp_path / f"{host}.log", "w+") for host in HOSTS]
+    procs = [subprocess.Popen([sys.executable, str(jobkit.TRAIN)], env=jobkit.train_env(b), stdout=log,
+                              stderr=subprocess.STDOUT, text=True) for b, log in zip(bases, logs)]
+    ended: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while len(ended) < len(HOSTS) and time.monotonic() < deadline:
+            for host, proc in zip(HOSTS, procs):
+                if host not in ended and proc.poll() is not None:
+                    ended[host] = time.time()
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            p.kill()
+    outputs = [(tmp_path / f"{host}.log").read_text() for host in HOSTS]
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out
+        assert "waiting for the other hosts' scripts to end" in out, out
+    first_script_ended = float(outputs[0].split("script ended at ")[1].split()[0])
+    assert ended[HOSTS[1]] >= first_script_ended, (ended, first_script_ended)
+
+
+@pytest.mark.slow
 def test_a_dead_peer_fails_the_survivors_script_instead_of_hanging(tmp_path):
     script = DIST_SCRIPT.replace("    print(", "    import time\n    time.sleep(3600)\n    print(")
     bases = _hosts(tmp_path, script, 9440, _peer_timeout="6")

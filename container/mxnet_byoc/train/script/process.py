@@ -45,6 +45,7 @@ class ScriptProcess:
         self._pump: threading.Thread | None = None
         self.stopped_by: str | None = None
         self.aborted: str | None = None
+        self.exited = False
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
@@ -83,10 +84,23 @@ class ScriptProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def stop(self, signum: int) -> None:
-        """A stop request (StopTrainingJob, spot interruption): the script decides how to end."""
+    def stop(self, signum: int) -> bool:
+        """A stop request (StopTrainingJob, spot interruption): the script decides how to end. False when
+        the script had ended already: its outcome stands (SDK local mode stops every host as soon as the
+        first one's container exits, while the others are finishing)."""
+        if self.exited or self._ended_unreaped():
+            return False
         self.stopped_by = self.stopped_by or signal.Signals(signum).name
         self.signal_group(signum)
+        return True
+
+    def _ended_unreaped(self) -> bool:
+        """The script has ended but wait() has not collected it yet (the signal came just then); looked at
+        without collecting it, so that wait() still gets its exit code."""
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except (ChildProcessError, AttributeError):
+            return self.proc is None or self.proc.returncode is not None
 
     def abort(self, reason: str) -> None:
         """The job cannot go on (a peer died): end the script at once; it may be stuck in a push that
@@ -97,6 +111,7 @@ class ScriptProcess:
     def wait(self) -> Outcome:
         assert self.proc is not None
         code = self.proc.wait()
+        self.exited = True
         # What is left of the group after the script itself ended (children it did not wait for) goes too.
         self.signal_group(signal.SIGKILL)
         if self._pump is not None:

@@ -150,6 +150,12 @@ class _Cluster:
         log.info("parameter server: scheduler %s:%d, %d worker(s) and server(s), this host %s",
                  self.cluster.root, self.cluster.port, self.cluster.size, self.cluster.resources.current_host)
 
+    def finish_together(self, should_stop) -> None:
+        """The script ended well here: wait for the other hosts' scripts (see Watchdog.finish_together)."""
+        if self.watchdog is not None:
+            log.info("waiting for the other hosts' scripts to end")
+            self.watchdog.finish_together(should_stop)
+
     def stop(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -192,13 +198,18 @@ def run(base: Path) -> int:
     paths = environment.Paths(base)
     started = time.monotonic()
     script: process.ScriptProcess | None = None
+    late_stop: list[str] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         if script is None:
             raise _StoppedEarly(signal.Signals(signum).name)
         # Not through logging: the signal can arrive in the middle of a write to the same stream.
-        os.write(2, f"WARNING: {signal.Signals(signum).name} received: passing it on to the script\n".encode())
-        script.stop(signum)
+        name = signal.Signals(signum).name
+        if script.stop(signum):
+            os.write(2, f"WARNING: {name} received: passed on to the script\n".encode())
+        else:
+            late_stop.append(name)
+            os.write(2, f"WARNING: {name} received after the script ended: finishing\n".encode())
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -222,6 +233,8 @@ def run(base: Path) -> int:
         starting.start()
         script = starting  # from here on a signal is passed on to the script
         outcome = script.wait()
+        if cluster is not None and outcome.returncode == 0 and not (outcome.stopped_by or outcome.aborted):
+            cluster.finish_together(lambda: bool(late_stop))
     except _StoppedEarly as e:
         _fail(paths, f"Training job stopped: {e} received before the script started")
         return EXIT_STOPPED
