@@ -52,10 +52,12 @@ print("first-line", time.time(), flush=True)
 with open("/opt/ml/output/data/seen.json", "w") as f:
     json.dump({"argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith("SM_")}}, f)
 """
-SCRIPTS = {
-    "exit 3": "import sys\nprint('bad input', file=sys.stderr)\nsys.exit(3)\n",
-    "raise": "def load():\n    raise ValueError('no training files')\nload()\n",
-    "docker stop": "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.1)\n",
+SCRIPTS = {  # case -> the code folder's files
+    "exit 3": {"train.py": "import sys\nprint('bad input', file=sys.stderr)\nsys.exit(3)\n"},
+    "raise": {"train.py": "def load():\n    raise ValueError('no training files')\nload()\n"},
+    # No network in these containers: pip cannot reach an index.
+    "failing requirements.txt": {"requirements.txt": "tabulate==0.9.0\n", "train.py": "print('never')\n"},
+    "docker stop": {"train.py": "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.1)\n"},
 }
 RUNNERS = {"ours": "/opt/program/train", "toolkit": "/opt/venv/bin/train"}
 
@@ -71,14 +73,15 @@ def size(image: str) -> int:
     return int(sh("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
 
 
-def job(root: Path, script: str, **extra: str) -> Path:
+def job(root: Path, files: dict[str, str], **extra: str) -> Path:
     base = root / "ml"
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "data" / "training").mkdir(parents=True)
     (base / "output" / "data").mkdir(parents=True)
     (base / "model").mkdir()
     (base / "code").mkdir()
-    (base / "code" / "train.py").write_text(textwrap.dedent(script))
+    for name, text in files.items():
+        (base / "code" / name).write_text(textwrap.dedent(text))
     config = base / "input" / "config"
     (config / "hyperparameters.json").write_text(json.dumps({**HYPERPARAMETERS, **extra}))
     (config / "inputdataconfig.json").write_text(json.dumps({"training": {"TrainingInputMode": "File"}}))
@@ -104,7 +107,7 @@ def startup(image: str, runner: str, runs: int) -> tuple[float, float]:
     firsts, totals = [], []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            base = job(Path(tmp), PRINT_ENV)
+            base = job(Path(tmp), {"train.py": PRINT_ENV})
             started = time.time()
             done = docker_run(image, base, runner)
             total = time.time() - started
@@ -118,7 +121,7 @@ def startup(image: str, runner: str, runs: int) -> tuple[float, float]:
 
 def seen(image: str, runner: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        base = job(Path(tmp), PRINT_ENV)
+        base = job(Path(tmp), {"train.py": PRINT_ENV})
         done = docker_run(image, base, runner)
         if done.returncode != 0:
             sys.exit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -143,7 +146,7 @@ def ending(image: str, runner: str, case: str) -> str:
         seconds = time.monotonic() - started
         failure = base / "output" / "failure"
         text = failure.read_text().strip() if failure.exists() else "(none)"
-        first = " | ".join(text.splitlines()[:4])[:240]
+        first = " | ".join(text.splitlines()[:4])[:300]
         return f"exit {code}, {seconds:.1f} s, output/failure: {first}"
 
 

@@ -1,5 +1,6 @@
 """What both images hold and declare: SageMaker's contract (label, CMD, no /opt/ml, PATH) and supply-chain
-hygiene (hash-locked packages listed in the image, no compilers, pip, caches or build-time CA)."""
+hygiene (hash-locked packages listed in the image, no compilers, caches or build-time CA; pip only for the
+user's requirements.txt in script mode)."""
 
 from __future__ import annotations
 
@@ -70,10 +71,11 @@ def test_installed_packages_are_exactly_the_lock(image: str, flavour: str) -> No
             assert "--hash=sha256:" in block, block
 
 
-def test_no_compilers_pip_caches_or_build_ca(image: str) -> None:
+def test_no_compilers_caches_or_build_ca(image: str) -> None:
+    # pip is there on purpose: script mode installs the user's requirements.txt with it (usercode.py).
     out = in_image(image, """
-        for tool in gcc cc c++ g++ make pip pip3 apt-file; do command -v $tool; done
-        ls /opt/venv/lib/python3*/site-packages | grep -iE '^(pip|setuptools|wheel)(-|$)'
+        for tool in gcc cc c++ g++ make apt-file; do command -v $tool; done
+        ls /opt/venv/lib/python3*/site-packages | grep -iE '^(setuptools|wheel)(-|$)'
         find /var/lib/apt/lists /var/cache/apt /root/.cache /tmp -mindepth 1 \\
             -not -path '/var/lib/apt/lists/partial' -not -name lock 2>/dev/null
         ls /tmp/extra-ca /tmp/ca-bundle.pem 2>/dev/null
