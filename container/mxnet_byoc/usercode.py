@@ -5,7 +5,8 @@ Both halves take code the same way, so both use this module:
   (or, in local mode, a local folder mounted at /opt/ml/code);
 - serving: `/opt/ml/model/code/` (the SDK repacks `entry_point` and `source_dir` into model.tar.gz), or
   `SAGEMAKER_SUBMIT_DIRECTORY` as a local folder or an s3:// tarball.
-A `requirements.txt` at the top of the code is installed with pip into the image's Python before the code runs.
+A `requirements.txt` at the top of the code is installed with pip into the image's Python before the code runs
+(training code with a setup.py is pip-installed itself, requirements.txt included: install_package).
 
 Every failure is a `UserCodeError` whose message is the reason a user can act on (it becomes the training
 job's FailureReason, or /ping's answer while serving).

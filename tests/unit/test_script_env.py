@@ -4,6 +4,7 @@ the failure reason read from the script's stderr."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,27 @@ def test_without_a_traceback_the_last_line_counts():
     assert process.last_error(syntax_error)[0] == "SyntaxError: '(' was never closed"
     assert process.last_error("epoch 1 10%\repoch 1 100%\r")[0] == "epoch 1 100%"
     assert process.last_error("") == ("", "")
+
+
+def test_hosts_that_never_resolve_are_the_reason(tmp_path, monkeypatch):
+    from mxnet_byoc.train import distributed
+    from mxnet_byoc.train.environment import TrainingError
+
+    def unresolved(hosts, timeout):
+        raise TrainingError(f"hosts ['algo-2'] did not resolve within {timeout:.0f} s (peer_timeout)")
+
+    monkeypatch.setattr(distributed, "resolve", unresolved)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("open('ran', 'w')\n")
+    base = job(tmp_path / "ml", {"sagemaker_program": "train.py", "sagemaker_submit_directory": str(code),
+                                 "sagemaker_parameter_server_enabled": "true"},
+               {"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]})
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert runner.run(base) == runner.EXIT_FAILED  # it takes SIGTERM and SIGINT over, as `train` does
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert (base / "output" / "failure").read_text().startswith("hosts ['algo-2'] did not resolve within 900 s")
+    assert not (code / "ran").exists()

@@ -238,7 +238,7 @@ def run(base: Path) -> int:
     except _StoppedEarly as e:
         _fail(paths, f"Training job stopped: {e} received before the script started")
         return EXIT_STOPPED
-    except (smenv.ScriptConfigError, usercode.UserCodeError, ScriptError) as e:
+    except (smenv.ScriptConfigError, usercode.UserCodeError, ScriptError, environment.TrainingError) as e:
         _fail(paths, str(e))
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a failure of ours still ends in output/failure
