@@ -21,9 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import jobkit
+from byoctl.kit import idx, net, sourcedir
+from byoctl.kit.commands import sh
+from byoctl.kit.docker import docker_run
+from byoctl.kit.net import free_port
+from byoctl.kit.project import ROOT
+from byoctl.kit.servers import serving
 from tests.container import test_local_mode as one_host_tests
-from tests.container.dockerkit import ROOT, docker_run, free_port, serving, sh
 from tests.container.test_local_mode import ROLE, local_session
 from tests.container.test_local_mode_distributed import _job_containers, host_lines, run_fit
 
@@ -52,7 +56,7 @@ def compose_containers(cpu_image):
 @pytest.fixture(scope="module")
 def small_mnist(mnist_dir, tmp_path_factory) -> Path:
     """training/ (6,000 images) and test/ (1,000), as IDX files named images.idx and labels.idx."""
-    return jobkit.write_subsets(mnist_dir, tmp_path_factory.mktemp("script-data"), 6000, 1000)
+    return idx.write_subsets(mnist_dir, tmp_path_factory.mktemp("script-data"), 6000, 1000)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +94,8 @@ def _accuracy(model: dict[str, bytes], folder: Path, small_mnist: Path) -> float
         (folder / name).write_bytes(data)
     net = mx.gluon.SymbolBlock.imports(str(folder / "model-symbol.json"), ["data"],
                                        str(folder / "model-0000.params"))
-    images = jobkit.read_mnist(small_mnist / "test" / "images.idx")
-    labels = jobkit.read_mnist(small_mnist / "test" / "labels.idx")
+    images = idx.read_idx(small_mnist / "test" / "images.idx")
+    labels = idx.read_idx(small_mnist / "test" / "labels.idx")
     scores = net(mx.nd.array(images[:, None] / np.float32(255))).asnumpy()
     return float((scores.argmax(axis=1) == labels).mean())
 
@@ -122,7 +126,6 @@ def test_a_gluon_script_through_the_generic_estimator(offline, cpu_image, inputs
 def test_a_module_script_through_the_mxnet_estimator_then_served_by_the_image(offline, cpu_image, inputs,
                                                                               small_mnist, compose_containers,
                                                                               tmp_path):
-    import requests
     from sagemaker.mxnet import MXNet
 
     definitions = readme_metric_definitions()["module"]
@@ -144,12 +147,13 @@ def test_a_module_script_through_the_mxnet_estimator_then_served_by_the_image(of
     model_dir.mkdir()
     for name, data in model.items():
         (model_dir / name).write_bytes(data)
-    images = jobkit.read_mnist(small_mnist / "test" / "images.idx")[:200]
-    labels = jobkit.read_mnist(small_mnist / "test" / "labels.idx")[:200]
+    images = idx.read_idx(small_mnist / "test" / "images.idx")[:200]
+    labels = idx.read_idx(small_mnist / "test" / "labels.idx")[:200]
     with serving(cpu_image, model_dir) as server:
-        answer = requests.post(f"{server.url}/invocations", json={"instances": images.tolist()}, timeout=60)
-    assert answer.status_code == 200, answer.text
-    predicted = np.array([int(p["label"]) for p in answer.json()["predictions"]])
+        status, body = net.request(server.url("/invocations"), json.dumps({"instances": images.tolist()}).encode(),
+                                   {"Content-Type": "application/json"}, timeout=60)
+    assert status == 200, body[:500]
+    predicted = np.array([int(p["label"]) for p in json.loads(body)["predictions"]])
     assert (predicted == labels).mean() > 0.8
 
 
@@ -212,7 +216,7 @@ def _with_s3(endpoint: str) -> dict[str, str]:
 
 def test_code_from_s3_with_requirements_from_pypi(cpu_image, s3, tmp_path):
     endpoint, client = s3
-    client.put_object(Bucket="sagemaker-code", Key="job-1/source/sourcedir.tar.gz", Body=jobkit.sourcedir_tarball({
+    client.put_object(Bucket="sagemaker-code", Key="job-1/source/sourcedir.tar.gz", Body=sourcedir.tarball({
         "requirements.txt": "tabulate==0.9.0\n",
         "train.py": """
             import os, sys
@@ -231,7 +235,7 @@ def test_code_from_s3_with_requirements_from_pypi(cpu_image, s3, tmp_path):
 
 def test_a_failing_install_from_pypi_is_the_jobs_reason(cpu_image, s3, tmp_path):
     endpoint, client = s3
-    client.put_object(Bucket="sagemaker-code", Key="job-2/source/sourcedir.tar.gz", Body=jobkit.sourcedir_tarball({
+    client.put_object(Bucket="sagemaker-code", Key="job-2/source/sourcedir.tar.gz", Body=sourcedir.tarball({
         "requirements.txt": "tabulate==0.0.404\n", "train.py": "print('never')\n"}))
     base = _script_job(tmp_path / "ml", "s3://sagemaker-code/job-2/source/sourcedir.tar.gz")
     run = docker_run(cpu_image, "train", mounts={base: "/opt/ml", HOST_CA: "/etc/ssl/host-ca.crt"},

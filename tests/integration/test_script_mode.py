@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import jobkit
+from byoctl.kit import jobs, project, sourcedir
+from byoctl.kit.net import free_port_pair
 
-ROOT = jobkit.ROOT
-EXAMPLES = ROOT / "examples" / "script-mode"
+EXAMPLES = project.ROOT / "examples" / "script-mode"
 
 
 def script_job(tmp_path: Path, code: dict[str, str] | str, hyperparameters: dict[str, str] | None = None,
@@ -48,7 +48,7 @@ def script_job(tmp_path: Path, code: dict[str, str] | str, hyperparameters: dict
 
 def run_train(base: Path, python: str = sys.executable, timeout: float = 120,
               **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, str(jobkit.TRAIN)], env=jobkit.train_env(base, **env), capture_output=True,
+    return subprocess.run([python, str(project.TRAIN)], env=jobs.train_env(base, **env), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -98,7 +98,7 @@ def test_output_streams_while_the_script_runs(tmp_path):
         print("to stderr", file=sys.stderr)
         time.sleep(60)
     """})
-    proc = subprocess.Popen([sys.executable, str(jobkit.TRAIN)], env=jobkit.train_env(base),
+    proc = subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(base),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen = []
@@ -175,7 +175,7 @@ while True:
 
 def test_sigterm_reaches_the_script_and_its_children_and_the_job_ends_as_stopped(tmp_path):
     base = script_job(tmp_path, {"train.py": SIGTERM_SCRIPT})
-    proc = subprocess.Popen([sys.executable, str(jobkit.TRAIN)], env=jobkit.train_env(base),
+    proc = subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(base),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ready: set[str] = set()
@@ -233,7 +233,7 @@ def test_code_from_an_s3_sourcedir_tarball_is_unpacked_into_the_code_folder(tmp_
     s3 = boto3.client("s3", region_name="eu-west-1", endpoint_url=s3_endpoint, **{
         "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
     s3.create_bucket(Bucket="sm-code", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    s3.put_object(Bucket="sm-code", Key="job-1/source/sourcedir.tar.gz", Body=jobkit.sourcedir_tarball({
+    s3.put_object(Bucket="sm-code", Key="job-1/source/sourcedir.tar.gz", Body=sourcedir.tarball({
         "train.py": "import helper\nhelper.hello()\n",
         "helper.py": "import os\ndef hello():\n    print('hello from', os.getcwd())\n"}))
     uri = "s3://sm-code/job-1/source/sourcedir.tar.gz"
@@ -259,7 +259,7 @@ def scratch_python(tmp_path_factory) -> str:
     venv = tmp_path_factory.mktemp("script-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     site = next(venv.glob("lib/python3*/site-packages"))
-    project_site = next((ROOT / ".venv").glob("lib/python3*/site-packages"))
+    project_site = next((project.ROOT / ".venv").glob("lib/python3*/site-packages"))
     # An `import` line in a .pth file runs at start-up: the project's site folder with its own .pth files
     # (the editable installs), after this venv's.
     (site / "project.pth").write_text(f"import site; site.addsitedir({str(project_site)!r})\n")
@@ -336,8 +336,9 @@ def _hosts(tmp_path: Path, script: str, port: int, **hps: str) -> list[Path]:
 
 @pytest.mark.slow
 def test_the_parameter_server_joins_two_hosts_scripts_in_one_dist_sync_cluster(tmp_path):
-    bases = _hosts(tmp_path, DIST_SCRIPT, 9430)
-    procs = [subprocess.Popen([sys.executable, str(jobkit.TRAIN)], env=jobkit.train_env(b), stdout=subprocess.PIPE,
+    port = free_port_pair(HOSTS)
+    bases = _hosts(tmp_path, DIST_SCRIPT, port)
+    procs = [subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(b), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for b in bases]
     try:
         outputs = [p.communicate(timeout=240)[0] for p in procs]
@@ -349,7 +350,7 @@ def test_the_parameter_server_joins_two_hosts_scripts_in_one_dist_sync_cluster(t
         assert proc.returncode == 0, out
         line = next(line for line in out.splitlines() if line.startswith(f"host={host};"))
         # Both workers pushed (1 and 2) into one server: each pulled the sum.
-        assert "workers=2; sum=[3.0, 3.0]; root=127.0.0.1:9430;" in line, line
+        assert f"workers=2; sum=[3.0, 3.0]; root=127.0.0.1:{port};" in line, line
         ranks.add(line.split("rank=")[1][0])
     assert ranks == {"0", "1"}
 
@@ -364,9 +365,9 @@ def test_hosts_wait_for_each_other_then_all_end(tmp_path):
             time.sleep(4)
         print(f"script ended at {time.time()}", flush=True)
     """), "    ")
-    bases = _hosts(tmp_path, script, 9450)
+    bases = _hosts(tmp_path, script, free_port_pair(HOSTS))
     logs = [open(tmp_path / f"{host}.log", "w+") for host in HOSTS]
-    procs = [subprocess.Popen([sys.executable, str(jobkit.TRAIN)], env=jobkit.train_env(b), stdout=log,
+    procs = [subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(b), stdout=log,
                               stderr=subprocess.STDOUT, text=True) for b, log in zip(bases, logs)]
     ended: dict[str, float] = {}
     try:
@@ -390,11 +391,22 @@ def test_hosts_wait_for_each_other_then_all_end(tmp_path):
 @pytest.mark.slow
 def test_a_dead_peer_fails_the_survivors_script_instead_of_hanging(tmp_path):
     script = DIST_SCRIPT.replace("    print(", "    import time\n    time.sleep(3600)\n    print(")
-    bases = _hosts(tmp_path, script, 9440, _peer_timeout="6")
-    procs = [subprocess.Popen([sys.executable, str(jobkit.TRAIN)], env=jobkit.train_env(b), stdout=subprocess.PIPE,
+    bases = _hosts(tmp_path, script, free_port_pair(HOSTS), _peer_timeout="6")
+    procs = [subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(b), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for b in bases]
-    # The script is in MXNet a few seconds after it started.
-    out, waited = jobkit.kill_peer_and_wait(procs, "running the user's script", settle=5, timeout=90)
+    try:
+        # Once the second host's script is in MXNet, kill that host as a lost instance would vanish.
+        seen: list[str] = []
+        assert any("running the user's script" in line for line in procs[1].stdout if not seen.append(line)), \
+            "".join(seen)
+        time.sleep(5)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, _ = procs[0].communicate(timeout=90)
+        waited = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
     assert procs[0].returncode == 1, out
     assert failure(bases[0]).startswith("host 127.0.0.2 stopped answering"), failure(bases[0])
     assert waited < 6 + 20, waited

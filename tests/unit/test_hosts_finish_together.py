@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from byoctl.kit.net import free_port_pair
 from mxnet_byoc.train import distributed
 from mxnet_byoc.train.environment import Resources
 
@@ -17,7 +18,7 @@ HOSTS = ["127.0.0.1", "127.0.0.2"]
 
 @pytest.fixture
 def watchdogs():
-    port = 9460 + int(time.monotonic() * 1000) % 200  # a fresh pair of ports per test
+    port = free_port_pair(HOSTS)  # other jobs on this machine may hold any fixed port
     made = []
     for host in HOSTS:
         cluster = distributed.Cluster(Resources(current_host=host, hosts=HOSTS), {h: h for h in HOSTS}, port)
