@@ -1,6 +1,7 @@
 """What both images hold and declare: SageMaker's contract (label, CMD, no /opt/ml, PATH), what SDK 3's script
 runner needs (bash, python3 and pip3 on PATH), and supply-chain hygiene (hash-locked packages listed in the
-image, no compilers, caches or build-time CA; pip only in the venv, as pinned in the lock)."""
+image, no compilers, caches or build-time CA; pip only in the venv, as pinned in the lock, for the user's
+requirements.txt in script mode)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ def test_what_sdk3_script_runner_needs(image: str) -> None:
 
 
 def test_no_compilers_caches_or_build_ca(image: str) -> None:
+    # pip is there on purpose: script mode installs the user's requirements.txt with it (usercode.py).
     out = in_image(image, """
         for tool in gcc cc c++ g++ make apt-file; do command -v $tool; done
         ls /opt/venv/lib/python3*/site-packages | grep -iE '^(setuptools|wheel)(-|$)'

@@ -231,6 +231,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .script import runner as script_mode
+
+    if script_mode.requested(modeldir.base_dir()):
+        return script_mode.main()  # the user's own script (entry_point), not the built-in model
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flag = _StopFlag()
