@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from byoctl.kit.commands import sh
+from byoctl.kit.docker import CPU_IMAGE
 from byoctl.kit.idx import MNIST_FILES, mnist_arrays, write_subsets
 from byoctl.kit.net import free_port
 from byoctl.kit.offline import AWS_OFFLINE, offline_aws
@@ -58,9 +60,16 @@ def compose_containers():
 
 
 def _local_mode_containers(running: bool = False) -> list[str]:
+    """Local mode's containers of the image under test: other jobs may share the Docker engine."""
     from byoctl.sessions import local_mode_containers
 
-    return [cid for cid, (state, _) in local_mode_containers().items() if state == "running" or not running]
+    found = [cid for cid, (state, _) in local_mode_containers().items() if state == "running" or not running]
+    if not found:
+        return []
+    # A container may go between the two calls: inspect answers for the others.
+    inspected = sh("docker", "inspect", "--format", "{{.Id}} {{.Config.Image}}", *found, check=False).stdout
+    ours = {cid for cid, image in (line.split() for line in inspected.splitlines()) if image == CPU_IMAGE}
+    return [cid for cid in found if cid in ours]
 
 
 def local_session(port: int):
