@@ -60,16 +60,13 @@ def compose_containers():
 
 
 def _local_mode_containers(running: bool = False) -> list[str]:
-    """Local mode's containers of the image under test: other jobs may share the Docker engine."""
+    """Local mode's containers of this checkout's image (CPU_IMAGE): other checkouts sharing the Docker
+    engine use tags of their own, and their containers come and go while these tests run."""
     from byoctl.sessions import local_mode_containers
 
-    found = [cid for cid, (state, _) in local_mode_containers().items() if state == "running" or not running]
-    if not found:
-        return []
-    # A container may go between the two calls: inspect answers for the others.
-    inspected = sh("docker", "inspect", "--format", "{{.Id}} {{.Config.Image}}", *found, check=False).stdout
-    ours = {cid for cid, image in (line.split() for line in inspected.splitlines()) if image == CPU_IMAGE}
-    return [cid for cid in found if cid in ours]
+    ours = set(sh("docker", "ps", "-a", "-q", "--no-trunc", "--filter", f"ancestor={CPU_IMAGE}").stdout.split())
+    return [cid for cid, (state, _) in local_mode_containers().items()
+            if cid in ours and (state == "running" or not running)]
 
 
 def local_session(port: int):
