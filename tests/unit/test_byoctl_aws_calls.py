@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from byoctl.kit.offline import AWS_OFFLINE
+
 ACCOUNT = "123456789012"
 IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/mxnet-byoc:cpu"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/SageMakerRole"
@@ -40,23 +42,11 @@ def policy_actions() -> set[str]:
     return actions
 
 
-OFFLINE_ENV = {
-    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-    "AWS_SECRET_ACCESS_KEY": "dummy-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-}
-
-
 @pytest.fixture(scope="module")
 def clients():
     """Real boto3 clients inside byoctl's real session (built once: loading the service models is slow)."""
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in OFFLINE_ENV.items():
+        for key, value in AWS_OFFLINE.items():
             mp.setenv(key, value)
         mp.delenv("AWS_PROFILE", raising=False)
         import boto3
@@ -71,7 +61,7 @@ def aws(clients, monkeypatch):
     """Fresh stubs on the shared clients; a test fails if a stubbed response is left unused."""
     from botocore.stub import Stubber
 
-    for key, value in OFFLINE_ENV.items():
+    for key, value in AWS_OFFLINE.items():
         monkeypatch.setenv(key, value)
     stubs = {"sm": Stubber(clients.sagemaker), "runtime": Stubber(clients.runtime), "logs": Stubber(clients.logs)}
     for stub in stubs.values():
