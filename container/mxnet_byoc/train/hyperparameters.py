@@ -147,9 +147,8 @@ class Hyperparameters:
         return {spec.name: getattr(self, spec.name) for spec in SPECS}
 
 
-SPECS: tuple[Spec, ...] = tuple(
-    Spec(f.name, get_type_hints(Hyperparameters)[f.name], f.default, **f.metadata) for f in fields(Hyperparameters)
-)
+_TYPES = get_type_hints(Hyperparameters)
+SPECS: tuple[Spec, ...] = tuple(Spec(f.name, _TYPES[f.name], f.default, **f.metadata) for f in fields(Hyperparameters))
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 
 
