@@ -46,7 +46,13 @@ def _train_all(bases: list[Path], **hps: str) -> list[str]:
         path = base / "input" / "config" / "hyperparameters.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **hps}))
     procs = [jobkit.start_train(b) for b in bases]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:  # a hung cluster must not outlive the test and hold its ports
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out
     return outputs
