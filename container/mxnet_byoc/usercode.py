@@ -24,6 +24,8 @@ from collections import deque
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .errors import ReasonError
+
 log = logging.getLogger(__name__)
 
 REQUIREMENTS_FILE = "requirements.txt"
@@ -35,7 +37,7 @@ REGION_VARIABLES = ("AWS_REGION", "SAGEMAKER_REGION", "AWS_DEFAULT_REGION")
 PIP_TAIL_LINES = 8  # of pip's output, in the reason when it fails
 
 
-class UserCodeError(Exception):
+class UserCodeError(ReasonError):
     """The user's code cannot be fetched or its requirements installed; the message says why."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import usercode
+from ...errors import ReasonError
 from .. import environment
 from . import process, smenv
 
@@ -47,7 +48,7 @@ FAILURE_DETAIL_LINES = 40  # of the script's stderr, below the reason, when it p
 _SAFE_ENTRY_POINT = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")
 
 
-class ScriptError(Exception):
+class ScriptError(ReasonError):
     """The script cannot be started; the message is the job's failure reason."""
 
 
@@ -238,7 +239,7 @@ def run(base: Path) -> int:
     except _StoppedEarly as e:
         _fail(paths, f"Training job stopped: {e} received before the script started")
         return EXIT_STOPPED
-    except (smenv.ScriptConfigError, usercode.UserCodeError, ScriptError, environment.TrainingError) as e:
+    except ReasonError as e:
         _fail(paths, str(e))
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a failure of ours still ends in output/failure

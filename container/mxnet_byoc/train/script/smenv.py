@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...errors import ReasonError
+
 PROGRAM = "sagemaker_program"
 SUBMIT_DIRECTORY = "sagemaker_submit_directory"
 REGION = "sagemaker_region"
@@ -50,7 +52,7 @@ DEFAULT_GROUP = "homogeneousCluster"
 DEFAULT_HOST = "algo-1"
 
 
-class ScriptConfigError(Exception):
+class ScriptConfigError(ReasonError):
     """A config file cannot be read; the message is the job's failure reason."""
 
 
