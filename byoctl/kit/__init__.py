@@ -6,6 +6,7 @@ mxnet_byoc.train.data.read_idx): byoctl's environment has no MXNet and no `reque
 
     project    where the project's programs, virtualenv, logs and MNIST live
     jobs       a job folder (/opt/ml) laid out by the contract's own paths; `container/train` run in it
+    sourcedir  a user's training code as the SDK ships it for script mode (sourcedir.tar.gz)
     idx        IDX files written and read (with the image's own reader); MNIST arrays and subsets
     datasets   MNIST for tests and benches: MNIST_DIR, ../shared/mnist, else a checksummed download
     bodies     request bodies: .npy and PNG bytes

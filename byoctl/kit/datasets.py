@@ -26,5 +26,5 @@ def find_mnist(shared: Path = project.SHARED_MNIST, cache: Path = project.MNIST_
         return mnist.check_dir(Path(given))
     if all((shared / name).is_file() for name in mnist.FILES):
         return shared
-    log(f"MNIST is not in {shared} and {mnist.MNIST_DIR_ENV} is not set: fetching it into {cache}")
+    log(f"MNIST is not in {shared} and {mnist.MNIST_DIR_ENV} is not set: using {cache}, downloading what it lacks")
     return mnist.download(cache, mirrors, log=log)

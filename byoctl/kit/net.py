@@ -6,7 +6,7 @@ import http.client
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 # The servers here listen on 127.0.0.1: an HTTP(S)_PROXY of the environment must not get these requests.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -17,6 +17,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_pair(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
+    """A port free on every address of `hosts`, with the next port free too (a parameter server's scheduler
+    and the heartbeats beside it, on loopback "hosts" such as 127.0.0.2)."""
+    for _ in range(100):
+        port = free_port()
+        if all(_bindable(host, p) for host in hosts for p in (port, port + 1)):
+            return port
+    raise OSError("found no two free ports in a row")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -33,8 +33,11 @@ class _Server:
     def output(self) -> str:
         raise NotImplementedError
 
+    def tail(self) -> str:
+        return self.output()[-commands.TAIL:]
+
     def _fail(self, what: str) -> KitError:
-        return KitError(f"{what}:\n{self.output()[-commands.TAIL:]}")
+        return KitError(f"{what}:\n{self.tail()}")
 
     def wait_ready(self, timeout: float = 120) -> float:
         """Until GET /ping answers 200; the seconds since the start. KitError, with the log, when the
@@ -45,7 +48,7 @@ class _Server:
                 raise self._fail("serve exited before /ping answered 200")
             return net.status(self.url("/ping")) == 200
 
-        wait_until(ready, timeout, "/ping answering 200", details=self.output, interval=0.05)
+        wait_until(ready, timeout, "/ping answering 200", details=self.tail, interval=0.05)
         return time.perf_counter() - self.started
 
 
@@ -82,7 +85,7 @@ class Server(_Server):
 
     def wait_listening(self, timeout: float = 60) -> None:
         wait_until(lambda: net.listening(self.port), timeout, f"serve listening on port {self.port}",
-                   process=self.process, details=self.output)
+                   process=self.process, details=self.tail)
 
     def loaded_pids(self) -> set[int]:
         """The workers that have logged their model loaded."""
@@ -91,7 +94,7 @@ class Server(_Server):
     def wait_loaded(self, timeout: float = 120) -> None:
         """Until every worker has logged its model loaded (so any worker may take a request) and /ping is 200."""
         wait_until(lambda: len(self.loaded_pids()) >= self.workers, timeout,
-                   f"{self.workers} workers with their model loaded", process=self.process, details=self.output)
+                   f"{self.workers} workers with their model loaded", process=self.process, details=self.tail)
         if net.status(self.url("/ping"), timeout=10) != 200:
             raise self._fail("every worker loaded its model but /ping is not 200")
 

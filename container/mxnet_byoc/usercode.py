@@ -5,7 +5,8 @@ Both halves take code the same way, so both use this module:
   (or, in local mode, a local folder mounted at /opt/ml/code);
 - serving: `/opt/ml/model/code/` (the SDK repacks `entry_point` and `source_dir` into model.tar.gz), or
   `SAGEMAKER_SUBMIT_DIRECTORY` as a local folder or an s3:// tarball.
-A `requirements.txt` at the top of the code is installed with pip into the image's Python before the code runs.
+A `requirements.txt` at the top of the code is installed with pip into the image's Python before the code runs
+(training code with a setup.py is pip-installed itself, requirements.txt included: install_package).
 
 Every failure is a `UserCodeError` whose message is the reason a user can act on (it becomes the training
 job's FailureReason, or /ping's answer while serving).
@@ -23,6 +24,8 @@ from collections import deque
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .errors import ReasonError
+
 log = logging.getLogger(__name__)
 
 REQUIREMENTS_FILE = "requirements.txt"
@@ -34,7 +37,7 @@ REGION_VARIABLES = ("AWS_REGION", "SAGEMAKER_REGION", "AWS_DEFAULT_REGION")
 PIP_TAIL_LINES = 8  # of pip's output, in the reason when it fails
 
 
-class UserCodeError(Exception):
+class UserCodeError(ReasonError):
     """The user's code cannot be fetched or its requirements installed; the message says why."""
 
 
@@ -121,11 +124,24 @@ def install_requirements(code_dir: Path, python: str = sys.executable) -> bool:
     if not requirements.is_file():
         return False
     log.info("installing the packages in %s", requirements)
-    command = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r", REQUIREMENTS_FILE]
+    _pip(python, ["-r", REQUIREMENTS_FILE], code_dir, REQUIREMENTS_FILE)
+    return True
+
+
+def install_package(code_dir: Path, python: str = sys.executable) -> None:
+    """pip-install `code_dir` itself (a folder with a setup.py), with its requirements.txt when it has one,
+    as AWS's training toolkit does before running such code as a module."""
+    extra = ["-r", REQUIREMENTS_FILE] if (Path(code_dir) / REQUIREMENTS_FILE).is_file() else []
+    log.info("installing the code in %s as a package", code_dir)
+    _pip(python, [".", *extra], code_dir, f"the code in {code_dir} as a package")
+
+
+def _pip(python: str, args: list[str], cwd: Path, what: str) -> None:
+    command = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *args]
     tail: deque[str] = deque(maxlen=PIP_TAIL_LINES)
     errors: list[str] = []
     try:
-        with subprocess.Popen(command, cwd=code_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace") as pip:
             assert pip.stdout is not None
             for line in pip.stdout:
@@ -136,8 +152,7 @@ def install_requirements(code_dir: Path, python: str = sys.executable) -> bool:
                         errors.append(line.strip())
         sys.stdout.flush()
     except OSError as e:
-        raise UserCodeError(f"cannot run pip to install {REQUIREMENTS_FILE}: {e}") from None
+        raise UserCodeError(f"cannot run pip to install {what}: {e}") from None
     if pip.returncode != 0:
         reason = " | ".join(errors or tail) or "pip printed nothing"
-        raise UserCodeError(f"pip could not install {REQUIREMENTS_FILE} (exit {pip.returncode}): {reason}")
-    return True
+        raise UserCodeError(f"pip could not install {what} (exit {pip.returncode}): {reason}")

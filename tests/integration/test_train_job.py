@@ -135,6 +135,12 @@ def mlp_run(subsets, tmp_path_factory) -> Run:
     return run
 
 
+def test_the_runtime_is_decided_once_and_logged(mlp_run):
+    # One CPU host: the naive engine, which lets the training loop use host memory directly.
+    assert re.search(r"runtime: devices every GPU, else the CPU \(detected\), engine NaiveEngine, OpenMP threads \d+$",
+                     mlp_run.output, re.M), mlp_run
+
+
 def test_success_writes_the_model_directory_and_outputs(mlp_run):
     model = mlp_run.base / "model"
     assert {"model-symbol.json", "model-0000.params", "model-shapes.json", "metadata.json"} <= {
@@ -153,6 +159,7 @@ def test_metadata_records_classes_shape_preprocessing_hyperparameters_metrics_ve
     hps = meta["hyperparameters"]
     assert (hps["model"], hps["epochs"], hps["log_interval"]) == ("mlp", 2, 10)
     assert hps["batch_size"] == 128  # defaults are recorded too
+    assert (meta["training"]["global_batch"], meta["training"]["device_batch"]) == (128, 128)
     assert meta["metrics"] == mlp_run.json("output/data/metrics.json")
     assert meta["versions"]["mxnet"] == "1.9.1"
     assert meta["versions"]["numpy"] and meta["versions"]["python"] and meta["versions"]["mxnet_byoc"]
@@ -294,6 +301,7 @@ def test_checkpoint_names_carry_the_current_host(split_run):
 def test_two_devices_reach_the_accuracy_of_one(mlp_run, subsets, tmp_path):
     run = train(make_job(tmp_path / "ml", subsets, MLP), contexts="cpu(0),cpu(1)")
     assert run.returncode == 0, run
+    assert "runtime: devices cpu(0),cpu(1) (MXNET_BYOC_CONTEXTS), engine NaiveEngine" in run.output, run
     assert run.json("model/metadata.json")["training"]["devices"] == ["cpu(0)", "cpu(1)"]
     two = run.json("output/data/metrics.json")
     one = mlp_run.json("output/data/metrics.json")
@@ -428,6 +436,11 @@ def _model_dir_is_a_file(base: Path) -> None:
     (base / "model").write_text("not a directory")
 
 
+def _output_data_dir_is_a_file(base: Path) -> None:
+    (base / "output").mkdir()
+    (base / "output" / "data").write_text("not a directory")
+
+
 FAILURES = {
     "no-training-channel": (_no_training_channel, None, r"no 'training' channel.*input/data/training"),
     "empty-channel": (_empty_channel, None, r"channel 'training' is empty"),
@@ -441,6 +454,8 @@ FAILURES = {
                                   r"hyperparameter 'batch_size': value '\"big\"' is not accepted; expected an integer"),
     "bad-contexts": (lambda base: None, "tpu(0)", r"MXNET_BYOC_CONTEXTS: cannot read device 'tpu\(0\)'"),
     "model-dir-unwritable": (_model_dir_is_a_file, None, r"the model directory .*/model cannot be written"),
+    "output-dir-unwritable": (_output_data_dir_is_a_file, None,
+                              r"the output data directory .*/output/data cannot be written"),
 }
 
 

@@ -28,7 +28,7 @@ def test_make_job_from_mnist_is_what_the_contract_reads(mnist_dir, tmp_path):
     base = jobs.make_job(tmp_path / "ml", mnist_dir, HPS, sagemaker_config=True)
     env = environment.load(base)
     assert env.paths == environment.Paths(base)
-    assert (env.hyperparameters["model"], env.hyperparameters["epochs"]) == ("mlp", 2)
+    assert (env.hyperparameters.model, env.hyperparameters.epochs) == ("mlp", 2)
     assert sorted(env.channels) == ["test", "training"]
     assert all(c.input_mode == "File" and c.distribution == "FullyReplicated" for c in env.channels.values())
     assert (env.resources.current_host, env.resources.hosts) == ("algo-1", ["algo-1"])
