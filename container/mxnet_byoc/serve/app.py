@@ -25,8 +25,9 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from .. import modeldir, usercode
-from . import codecs, digits, errors, network, script, settings
+from .. import modeldir
+from ..errors import ReasonError
+from . import codecs, digits, errors, network, settings
 from .handler import Handler, Load
 from .mediatypes import JSON
 
@@ -36,7 +37,7 @@ DRAIN_LIMIT = 128 * settings.MIB  # read at most this much of a refused body (se
 
 log = logging.getLogger("mxnet_byoc.predictor")
 # A load failing with one of these is explained by its message (a user's traceback is logged where it arose).
-REASON_ERRORS = (modeldir.ModelDirError, network.InferenceError, script.ScriptError, usercode.UserCodeError)
+REASON_ERRORS = (ReasonError, network.InferenceError)
 
 
 class ModelLoader:

@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import modeldir
+from ..errors import ReasonError
 from . import mxnet_defaults
 from .codecs import BadRequest, CodecError
 from .device import Device
@@ -51,7 +52,7 @@ UTF8_TYPES = ("application/json", "text/csv")  # bodies the toolkit hands over a
 REASON_LIMIT = 1000  # characters of an exception's message in a response
 
 
-class ScriptError(Exception):
+class ScriptError(ReasonError):
     """The script cannot serve (cannot be imported, breaks the contract, model_fn failed); the message says
     why, for /ping and the log."""
 
