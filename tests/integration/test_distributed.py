@@ -131,7 +131,7 @@ SHARDED = {"inputdataconfig.json": {"training": {"TrainingInputMode": "File", "S
 def test_sharded_channels_are_used_as_given_and_hosts_agree_on_steps_and_where_to_resume(tmp_path, mnist_dir):
     # Shards of unequal size, 64 images a step on each host (the global 128 over two): 3000 records on the first
     # host (46 steps), 2000 on the second (31).
-    data = [jobs.write_subsets(mnist_dir, tmp_path / f"data-{n}", n, 500) for n in (3000, 2000)]
+    data = [idx.write_subsets(mnist_dir, tmp_path / f"data-{n}", n, 500) for n in (3000, 2000)]
     bases = _cluster(tmp_path, data, 9430, SHARDED, epochs="1", log_interval="5")
     outputs = _train_all(bases)
     for out, n in zip(outputs, (3000, 2000)):
