@@ -145,8 +145,9 @@ def _reuse_freed_memory(server: Any, worker: Any) -> None:
 
     By default every array above 128 KiB (a 1,000-image batch is 3 MB) may get new pages from the kernel,
     which are zeroed on first touch; freed memory up to the trim threshold stays with the worker for the
-    next request instead. Why: 5-15% less CPU for a 1,000-image uint8 request (bench/fastpath_bench.py;
-    end to end, two servers interleaved: 8.8 against 9.4 ms per request).
+    next request instead. Why: two servers interleaved, 1,000-image requests: 8.8 against 9.4 ms of CPU
+    (uint8), 9.4 against 10.0 (float32); bench/fastpath_bench.py's in-process rows move from -9% to +17%
+    with the machine's load.
     """
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
