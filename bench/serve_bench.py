@@ -447,12 +447,12 @@ def print_targets(summaries: dict[str, dict], subjects: list[Subject], workers: 
         for c in CONCURRENCIES:
             ratio, ours, plain = s["json"][c]
             print(f"  {subject.name}: one-image JSON at concurrency {c:>2}: {ours:,.0f} req/s, plain {plain:,.0f}: "
-                  f"{ratio:.2f} [>= {subject.target:.2f}] {verdict(ratio >= subject.target)}")
+                  f"{ratio:.3f} [>= {subject.target:.2f}] {verdict(ratio >= subject.target)}")
     for subject in subjects:
         s = summaries[subject.name]
         if "batch_ratio" in s:
             print(f"  {subject.name}: 1,000-image uint8 npy: {s['batch_rate']:,.0f} images/s, in-process forward "
-                  f"pass on every core {s['forward_rate']:,.0f}: {s['batch_ratio']:.2f} [>= {TARGET_BATCH_RATIO:.2f}] "
+                  f"pass on every core {s['forward_rate']:,.0f}: {s['batch_ratio']:.3f} [>= {TARGET_BATCH_RATIO:.2f}] "
                   f"{verdict(s['batch_ratio'] >= TARGET_BATCH_RATIO)}")
     for subject in subjects:
         s = summaries[subject.name]
