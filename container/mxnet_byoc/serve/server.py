@@ -74,8 +74,8 @@ class Application(BaseApplication):
         """Take connections only once the model is loaded (or failed to load): a worker started in place of a
         dead one would otherwise answer 503 to requests and pings that the other workers could serve.
         Bounded well below `timeout`, after which gunicorn kills a worker that has not reported in."""
-        if self.loader is not None:  # None for another app (the bench's trivial endpoint)
-            self.loader.wait_first_attempt(self.config.timeout_s / 2)
+        assert self.loader is not None, "gunicorn loads the app before post_worker_init"
+        self.loader.wait_first_attempt(self.config.timeout_s / 2)
 
 
 class SyncWorker(GunicornSyncWorker):
