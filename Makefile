@@ -7,6 +7,8 @@
 #   make bench       print the benchmarks' figures
 #   make lint        ruff, and shellcheck on the shell scripts
 #   make locks       regenerate docker/requirements-*.lock after changing the pins they come from
+#   make client-venv .venv-client: byoctl with the SageMaker Python SDK 3.x (no MXNet)
+#   make test-sdk3   the SDK 3 tests, in .venv-client (part of `make test`)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -17,7 +19,10 @@ BASE_IMAGE ?= debian:bookworm-slim
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+CLIENT_VENV := .venv-client
+CLIENT_PY := $(CLIENT_VENV)/bin/python
 PYTEST_ARGS ?=
+SDK3_PYTEST_ARGS ?=
 export CPU_IMAGE GPU_IMAGE BASE_IMAGE
 
 # A TLS-inspecting proxy's CA for pip inside `docker build` (used in the builder stage only, see
@@ -27,13 +32,20 @@ EXTRA_CA ?= $(or $(PIP_CERT),$(shell sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:
 
 DOCKER_BUILD := docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
-.PHONY: venv docker base-image extra-ca image-cpu image-gpu images test demo bench lint locks
+.PHONY: venv client-venv docker base-image extra-ca image-cpu image-gpu images test test-sdk3 demo bench lint locks
 
 # The virtualenv, reinstalled when a requirements file changes (the stamp records the last install).
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt docker/requirements.txt pyproject.toml container/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# byoctl's own environment with SDK 3.x: MXNet's numpy<1.24 holds .venv on SDK 2 (see pyproject.toml).
+client-venv: $(CLIENT_VENV)/.installed
+$(CLIENT_VENV)/.installed: requirements-client.txt pyproject.toml container/pyproject.toml
+	test -x $(CLIENT_PY) || $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_PY) -m pip install -q -r requirements-client.txt
 	touch $@
 
 docker:
@@ -57,6 +69,13 @@ images: image-cpu image-gpu
 # pytest's exit code 5 (no test collected) is a failure here, as it is for CI.
 test: venv images
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(MAKE) test-sdk3
+
+# tests/container/sdk3 (SDK 3's ModelTrainer and local mode against the CPU image) and byoctl's AWS calls under
+# SDK 3; the rest of tests/ runs in .venv, under SDK 2 (pyproject.toml keeps pytest out of sdk3/).
+test-sdk3: client-venv image-cpu
+	$(CLIENT_PY) -m pytest tests/container/sdk3 tests/unit/test_byoctl_aws_calls.py tests/unit/test_byoctl_imports.py \
+		$(SDK3_PYTEST_ARGS)
 
 demo: venv
 	$(PY) -m byoctl.demo $(DEMO_ARGS)

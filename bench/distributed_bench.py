@@ -9,17 +9,13 @@ the cost of the parameter-server exchange, not a speed-up. docs/scaling.md estim
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import jobkit  # noqa: E402
+from byoctl.kit import datasets, idx, jobs
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
 
@@ -30,9 +26,9 @@ def run(channels: Path, hosts: int, hps: dict[str, str]) -> tuple[float, float, 
     bases = []
     for i in range(hosts):
         config = {"resourceconfig.json": {"current_host": HOSTS[i], "hosts": HOSTS[:hosts]}} if hosts > 1 else {}
-        bases.append(jobkit.make_job(tmp / str(i), channels, {**hps, "log_interval": "0"}, config))
+        bases.append(jobs.make_job(tmp / str(i), channels, {**hps, "log_interval": "0"}, config))
     tic = time.perf_counter()
-    procs = [jobkit.start_train(b) for b in bases]
+    procs = [jobs.start_train(b) for b in bases]
     outs = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - tic
     rate = 0.0
@@ -40,15 +36,15 @@ def run(channels: Path, hosts: int, hps: dict[str, str]) -> tuple[float, float, 
         if p.returncode:
             sys.exit(out[-3000:])
         rate += float(re.findall(r"images_per_sec=([0-9.]+);", out)[-1])
-    return rate, wall, jobkit.metrics_json(bases[0])["validation_accuracy"]
+    return rate, wall, jobs.metrics_json(bases[0])["validation_accuracy"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mnist", type=Path, default=Path(os.environ.get("MNIST_DIR") or ROOT.parent / "shared" / "mnist"))
+    p.add_argument("--mnist", type=Path, help="folder of MNIST's four files (default: as the tests find it)")
     a = p.parse_args()
     channels = Path(tempfile.mkdtemp(prefix="dist-bench-data-"))
-    jobkit.write_subsets(a.mnist, channels, 60000, 10000)
+    idx.write_subsets(a.mnist or datasets.find_mnist(), channels, 60000, 10000)
     for name, hps in (("mlp", {"model": "mlp", "epochs": "2"}), ("cnn", {"epochs": "2"})):
         for hosts in (1, 2):
             rate, wall, acc = run(channels, hosts, {**hps, "ps_port": "9510"})

@@ -21,25 +21,25 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from byoctl.kit import commands
+from byoctl.kit.project import ROOT, SCRIPTS
+
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:bookworm-slim")
 
 
-def run(cmd: list[str], **kw) -> float:
-    started = time.monotonic()
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}")
-    return time.monotonic() - started
+def run(cmd: list[str], env: Mapping[str, str] | None = None) -> float:
+    """Seconds `cmd` took; the bench stops with its output when it fails."""
+    done = commands.run(cmd, timeout=None, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.log[-commands.TAIL:]}")
+    return done.seconds
 
 
 def size_mb(image: str) -> float:
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out) / 1e6
+    return int(commands.sh("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout) / 1e6
 
 
 def build(flavour: str, tag: str, context: Path, no_cache: bool = False) -> float:
@@ -54,10 +54,10 @@ def bench_base() -> dict[str, float]:
     tag = "mxnet-byoc-bench/debian:bookworm-slim"
     with tempfile.TemporaryDirectory(dir=ROOT / "build") as cache:
         env = {**os.environ, "BASE_IMAGE": tag, "BASE_CACHE_DIR": cache, "BASE_IMAGE_PULL": "0"}
-        seconds = run([str(ROOT / "scripts" / "make-base-image.sh")], env=env)
+        seconds = run([str(SCRIPTS / "make-base-image.sh")], env=env)
         reimport = 0.0
         subprocess.run(["docker", "rmi", tag], capture_output=True)
-        reimport = run([str(ROOT / "scripts" / "make-base-image.sh")], env=env)  # from the cached tarball
+        reimport = run([str(SCRIPTS / "make-base-image.sh")], env=env)  # from the cached tarball
         size = size_mb(tag)
     subprocess.run(["docker", "rmi", tag], capture_output=True)
     return {"debootstrap_and_import_s": seconds, "import_from_cache_s": reimport, "size_mb": size}
@@ -86,8 +86,8 @@ def main() -> None:
     p.add_argument("--flavour", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
     p.add_argument("--skip-base", action="store_true")
     args = p.parse_args()
-    run([str(ROOT / "scripts" / "ensure-docker.sh")])
-    run([str(ROOT / "scripts" / "make-base-image.sh")])
+    run([str(SCRIPTS / "ensure-docker.sh")])
+    run([str(SCRIPTS / "make-base-image.sh")])
     run(["make", "-C", str(ROOT), "extra-ca"])  # the proxy CA, as `make image-*` would use it
     results: dict[str, dict[str, float]] = {}
     if not args.skip_base:

@@ -1,12 +1,12 @@
 """The same networks, batch sizes and optimizers in PyTorch: the yardstick for bench/train_bench.py.
 
-Run with a virtualenv that has torch==2.13.0 (bench/train_bench.py makes one). Prints one line per epoch.
+Run with a virtualenv that has torch==2.13.0 (bench/train_bench.py makes one). MNIST comes as the four
+.npy arrays train_bench.py writes (this virtualenv has nothing of ours). Prints one line per epoch.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import time
 from pathlib import Path
@@ -14,13 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
-
-def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes())
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def build(model: str) -> nn.Module:
@@ -35,7 +28,7 @@ def build(model: str) -> nn.Module:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mnist", type=Path, required=True)
+    p.add_argument("--arrays", type=Path, required=True, help="folder of {train,test}-{images,labels}.npy")
     p.add_argument("--model", default="mlp")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=100)
@@ -44,10 +37,10 @@ def main() -> None:
     p.add_argument("--onecycle", action="store_true")
     a = p.parse_args()
     torch.manual_seed(0)
-    x = torch.from_numpy(read_idx(a.mnist / "train-images-idx3-ubyte.gz").astype(np.float32) / 255).unsqueeze(1)
-    y = torch.from_numpy(read_idx(a.mnist / "train-labels-idx1-ubyte.gz").astype(np.int64))
-    xt = torch.from_numpy(read_idx(a.mnist / "t10k-images-idx3-ubyte.gz").astype(np.float32) / 255).unsqueeze(1)
-    yt = torch.from_numpy(read_idx(a.mnist / "t10k-labels-idx1-ubyte.gz").astype(np.int64))
+    x = torch.from_numpy(np.load(a.arrays / "train-images.npy").astype(np.float32) / 255).unsqueeze(1)
+    y = torch.from_numpy(np.load(a.arrays / "train-labels.npy").astype(np.int64))
+    xt = torch.from_numpy(np.load(a.arrays / "test-images.npy").astype(np.float32) / 255).unsqueeze(1)
+    yt = torch.from_numpy(np.load(a.arrays / "test-labels.npy").astype(np.int64))
     net = build(a.model)
     if a.optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=a.lr)

@@ -1,8 +1,9 @@
 """What each byoctl subcommand does, against a real SageMaker session or SDK local mode alike.
 
-Training goes through the SDK's generic `Estimator(image_uri=...)`; models, endpoints, invocations
-and transforms are plain SageMaker API calls on the session's clients, which local mode implements
-too. Names are given or derived from one base name, so that `delete` can find what `deploy` made.
+Training starts through the installed SDK (byoctl/sdk.py: SDK 3's TrainingJob resource or ModelTrainer,
+SDK 2's generic `Estimator(image_uri=...)`); models, endpoints, invocations and transforms are plain
+SageMaker API calls on the session's clients, which local mode implements too. Names are given or
+derived from one base name, so that `delete` can find what `deploy` made.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from byoctl import progress
+from byoctl import progress, sdk
 from byoctl.sessions import LOCAL_INSTANCE_TYPES, Clients
 from byoctl.shared import metric_definitions
 
@@ -56,8 +57,6 @@ class TrainRequest:
 
 def train(clients: Clients, req: TrainRequest, out: TextIO = sys.stdout) -> str:
     """Start the training job (and follow it unless `wait` is off); returns the job's name."""
-    from sagemaker.estimator import Estimator
-
     if not req.channels:
         raise CommandError("no input data: pass at least --channel training=URI")
     _check_uris(clients, {**req.channels, "output": req.output_path})
@@ -75,42 +74,26 @@ def train(clients: Clients, req: TrainRequest, out: TextIO = sys.stdout) -> str:
         raise CommandError("--max-wait applies to spot training only: add --spot")
     if req.checkpoint_s3_uri and clients.local:
         raise CommandError("--checkpoint-s3-uri needs a real SageMaker job (local mode does not sync checkpoints)")
-    estimator = Estimator(
-        image_uri=req.image,
-        role=_role(clients, req.role),
-        instance_count=req.instance_count,
-        instance_type=_instance_type(clients, req.instance_type),
-        volume_size=req.volume_size,
-        max_run=req.max_run,
-        output_path=req.output_path,
-        hyperparameters=req.hyperparameters,
-        metric_definitions=metric_definitions(),
-        use_spot_instances=req.spot,
-        max_wait=max_wait,
-        checkpoint_s3_uri=req.checkpoint_s3_uri,
-        environment=req.environment or None,
-        base_job_name=req.base_name,
-        # A bring-your-own image has no smdebug: SageMaker Debugger and Profiler would only add rules
-        # that cannot run.
-        debugger_hook_config=False,
-        disable_profiler=True,
-        sagemaker_session=clients.session,
-    )
     name = req.job_name or job_name(req.base_name)
-    print(f"training job {name}: image {req.image}, {req.instance_count} x {estimator.instance_type}", file=out)
+    instance_type = _instance_type(clients, req.instance_type)
+    job = sdk.TrainingJob(
+        name=name, image=req.image, role=_role(clients, req.role), channels=req.channels,
+        output_path=req.output_path, hyperparameters=req.hyperparameters, instance_type=instance_type,
+        instance_count=req.instance_count, volume_size=req.volume_size, max_run=req.max_run, spot=req.spot,
+        max_wait=max_wait, checkpoint_s3_uri=req.checkpoint_s3_uri, environment=req.environment,
+        metric_definitions=metric_definitions())
+    print(f"training job {name}: image {req.image}, {req.instance_count} x {instance_type}", file=out)
     if clients.local:
-        # Local mode runs the job inside fit(), printing the container's output as it comes.
+        # Local mode runs the job here, printing the container's output as it comes.
         parser = progress.MetricParser()
-        tee = progress.MetricTee(sys.stdout, parser)
-        saved, sys.stdout = sys.stdout, tee
+        saved, sys.stdout = sys.stdout, progress.MetricTee(sys.stdout, parser)
         try:
-            estimator.fit(inputs=req.channels, job_name=name, wait=False, logs="None")
+            described = sdk.train_locally(clients.session, job)
         finally:
             sys.stdout = saved
-        job = clients.sagemaker.describe_training_job(TrainingJobName=name)
-        progress.print_final(job, parser.latest, out)
+        progress.print_final(described, parser.latest, out)
         return name
-    estimator.fit(inputs=req.channels, job_name=name, wait=False, logs="None")
+    sdk.start_training(clients.session, job)
     if req.wait:
         progress.follow_training_job(clients.sagemaker, clients.logs, name, poll_s=req.poll_s, out=out,
                                      echo_logs=req.echo_logs)

@@ -11,18 +11,13 @@ project's virtualenv with SAGEMAKER_BASE_DIR=TMP, and says so.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,26 +25,16 @@ from typing import Any
 import numpy as np
 
 from byoctl import mnist
+from byoctl.kit import KitError, bodies, idx, jobs, net, project
+from byoctl.kit.docker import CPU_IMAGE, docker_command
+from byoctl.kit.servers import ContainerServer, Server
 
-ROOT = Path(__file__).resolve().parents[1]
-CONTAINER = ROOT / "container"
-ENSURE_DOCKER = ROOT / "scripts" / "ensure-docker.sh"
-# The Makefile exports CPU_IMAGE (its tag for `make image-cpu`), so `make demo CPU_IMAGE=...` agrees.
-DEFAULT_IMAGE = os.environ.get("CPU_IMAGE") or "mxnet-byoc:cpu"
-MNIST_CACHE = ROOT / ".cache" / "mnist"
-
-# SageMaker channel -> the MNIST files copied into it.
-CHANNELS = {
-    "training": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+ENSURE_DOCKER = project.SCRIPTS / "ensure-docker.sh"
+DEFAULT_IMAGE = CPU_IMAGE  # the Makefile's tag, so `make demo CPU_IMAGE=...` agrees with `make image-cpu`
 JSON_DIGITS = 8  # test digits sent in the JSON request
 PNG_DIGIT = JSON_DIGITS  # the next one goes as a PNG
 NPY_BATCH = 1000  # images per application/x-npy request (about 0.8 MB, far below SageMaker's 6 MB)
 PING_TIMEOUT_S = 180.0
-
-# The server listens on 127.0.0.1 only from our point of view: never send these requests to a proxy.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class DemoError(Exception):
@@ -98,76 +83,53 @@ class Backend:
     def train(self, base: Path) -> None:
         raise NotImplementedError
 
-    def start_server(self, base: Path, port: int, log: Path) -> subprocess.Popen:
+    def start_server(self, base: Path) -> Server | ContainerServer:
         raise NotImplementedError
 
-    def stop_server(self, proc: subprocess.Popen) -> None:
-        raise NotImplementedError
+    def command_line(self, server: Server | ContainerServer) -> str:
+        return " ".join(server.command)
 
 
 class DockerBackend(Backend):
     def __init__(self, image: str):
         self.image = image
-        self.name = f"mxnet-byoc-demo-{os.getpid()}"
         self.description = f"Docker (image {image})"
         # Files the container writes into the mounted folder should belong to the caller, so the
         # temp dir can be removed without root. As root (the usual case here) nothing changes.
-        self.user = [] if os.getuid() == 0 else ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+        root = os.getuid() == 0
+        self.user = None if root else f"{os.getuid()}:{os.getgid()}"
+        self.env = {} if root else {"HOME": "/tmp"}
 
     def prepare(self) -> None:
         # The Makefile owns the build command; make keeps the image current when the code changes.
-        _run(["make", "-C", str(ROOT), "image-cpu", f"CPU_IMAGE={self.image}"], "building the CPU image")
+        _run(["make", "-C", str(project.ROOT), "image-cpu", f"CPU_IMAGE={self.image}"], "building the CPU image")
 
     def train(self, base: Path) -> None:
-        _run(["docker", "run", "--rm", "--network", "host", *self.user, "-v", f"{base}:/opt/ml",
-              self.image, "train"], "training in the container")
+        _run(docker_command(self.image, "train", mounts={base: "/opt/ml"}, user=self.user, env=self.env),
+             "training in the container")
 
-    def start_server(self, base: Path, port: int, log: Path) -> subprocess.Popen:
-        cmd = ["docker", "run", "--rm", "--name", self.name, "--network", "host", *self.user,
-               "-e", f"SAGEMAKER_BIND_TO_PORT={port}", "-v", f"{base / 'model'}:/opt/ml/model:ro",
-               self.image, "serve"]
-        say("$ " + " ".join(cmd))
-        with open(log, "wb") as out:
-            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-
-    def stop_server(self, proc: subprocess.Popen) -> None:
-        # `docker stop` sends SIGTERM (SageMaker's way to scale in) and waits; --rm removes the container.
-        subprocess.run(["docker", "stop", "--time", "30", self.name],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_or_kill(proc)
+    def start_server(self, base: Path) -> ContainerServer:
+        # Stopped by `docker stop` (SIGTERM, as SageMaker scales in), then removed.
+        return ContainerServer(self.image, base / "model", user=self.user, env=self.env, log=base / "serve.log")
 
 
 class VenvBackend(Backend):
     def __init__(self) -> None:
-        venv_python = ROOT / ".venv" / "bin" / "python"
-        self.python = str(venv_python) if venv_python.exists() else sys.executable
+        self.python = str(project.python_bin() / "python")
         self.description = f"the project's virtualenv ({self.python})"
 
-    def _env(self, base: Path, **extra: str) -> dict[str, str]:
-        env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), **extra)
-        # container/serve starts gunicorn by name: the venv's bin must come first, as in the image.
-        env["PATH"] = str(Path(self.python).parent) + os.pathsep + env.get("PATH", "")
-        return env
-
     def train(self, base: Path) -> None:
-        _run([self.python, str(CONTAINER / "train")], "training in the virtualenv", env=self._env(base))
+        _run([str(project.TRAIN)], "training in the virtualenv", env=jobs.train_env(base))
 
-    def start_server(self, base: Path, port: int, log: Path) -> subprocess.Popen:
-        cmd = [self.python, str(CONTAINER / "serve")]
-        say(f"$ SAGEMAKER_BASE_DIR={base} SAGEMAKER_BIND_TO_PORT={port} {' '.join(cmd)}")
-        with open(log, "wb") as out:
-            # Its own session, so that stopping it reaches gunicorn's workers too.
-            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=self._env(base, SAGEMAKER_BIND_TO_PORT=str(port)))
+    def start_server(self, base: Path) -> Server:
+        return Server(base, base / "serve.log")
 
-    def stop_server(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        _wait_or_kill(proc, group=True)
+    def command_line(self, server: Server) -> str:
+        return f"SAGEMAKER_BASE_DIR={server.base} SAGEMAKER_BIND_TO_PORT={server.port} {' '.join(server.command)}"
 
 
 def _run(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) -> None:
-    say("$ " + " ".join(cmd))
+    say(f"$ SAGEMAKER_BASE_DIR={env['SAGEMAKER_BASE_DIR']} {' '.join(cmd)}" if env else "$ " + " ".join(cmd))
     try:
         result = subprocess.run(list(cmd), env=env)
     except FileNotFoundError as e:
@@ -176,83 +138,17 @@ def _run(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) -> No
         raise DemoError(f"{what} failed (exit {result.returncode}): {' '.join(cmd)}")
 
 
-def _wait_or_kill(proc: subprocess.Popen, group: bool = False) -> None:
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait()
-
-
-# --- data and the job's folder ----------------------------------------------------------------
-
-
-def load_test_set(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST's 10,000 test digits (N, 28, 28) uint8 and labels, read by the image's own IDX reader."""
-    from mxnet_byoc.train.data import read_idx
-
-    images_name, labels_name = CHANNELS["test"]
-    return read_idx(folder / images_name), read_idx(folder / labels_name)
-
-
-def stage_job(base: Path, data: Path, epochs: int | None) -> None:
-    """Lay out base as SageMaker lays out /opt/ml for a job with `training` and `test` channels."""
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    # SageMaker hands every hyperparameter over as a string; none given means the image's defaults.
-    hps = {} if epochs is None else {"epochs": str(epochs)}
-    (config / "hyperparameters.json").write_text(json.dumps(hps))
-    channel_spec = {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
-                    "RecordWrapperType": "None"}
-    (config / "inputdataconfig.json").write_text(json.dumps({name: channel_spec for name in CHANNELS}))
-    for channel, names in CHANNELS.items():
-        folder = base / "input" / "data" / channel
-        folder.mkdir(parents=True)
-        for name in names:
-            # Real files, not symlinks: a symlink would point outside the folder mounted into Docker.
-            try:
-                os.link(data / name, folder / name)
-            except OSError:
-                shutil.copyfile(data / name, folder / name)
-
-
 # --- talking to the server --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_ping(url: str, proc: subprocess.Popen, log: Path) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < PING_TIMEOUT_S:
-        if proc.poll() is not None:
-            raise DemoError(f"the server exited with code {proc.returncode} before answering /ping:\n"
-                            + _tail(log))
-        try:
-            with _HTTP.open(url + "/ping", timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.2)
-    raise DemoError(f"/ping did not answer 200 within {PING_TIMEOUT_S:.0f} s:\n" + _tail(log))
-
-
 def invoke(url: str, body: bytes, content_type: str) -> list[dict[str, Any]]:
-    request = urllib.request.Request(url + "/invocations", data=body, method="POST",
-                                     headers={"Content-Type": content_type, "Accept": "application/json"})
     try:
-        with _HTTP.open(request, timeout=60) as response:
-            payload = json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        raise DemoError(f"POST /invocations ({content_type}) answered HTTP {e.code}: "
-                        f"{e.read()[:500].decode(errors='replace')}") from e
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        status, answer = net.request(url + "/invocations", body, headers, timeout=60)
+        if status != 200:
+            raise DemoError(f"POST /invocations ({content_type}) answered HTTP {status}: "
+                            f"{answer[:500].decode(errors='replace')}")
+        payload = json.loads(answer)
     except (OSError, ValueError) as e:
         raise DemoError(f"POST /invocations ({content_type}) failed: {e}") from e
     predictions = payload.get("predictions") if isinstance(payload, dict) else None
@@ -282,20 +178,6 @@ def ascii_digit(image: np.ndarray) -> str:
                      for row in rows)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def npy_bytes(images: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, images, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def query(url: str, images: np.ndarray, labels: np.ndarray, base: Path) -> dict[str, float]:
     step(f"JSON request: {JSON_DIGITS} test digits as 28x28 pixel lists (application/json)")
     body = json.dumps({"instances": images[:JSON_DIGITS].tolist()}).encode()
@@ -306,7 +188,7 @@ def query(url: str, images: np.ndarray, labels: np.ndarray, base: Path) -> dict[
         show(p, int(truth), f"test digit #{i}")
 
     step(f"PNG request: test digit #{PNG_DIGIT} as a 28x28 greyscale PNG (image/png)")
-    png = png_bytes(images[PNG_DIGIT])
+    png = bodies.png(images[PNG_DIGIT])
     (base / f"digit-{PNG_DIGIT}.png").write_bytes(png)
     say(ascii_digit(images[PNG_DIGIT]))
     (prediction,) = invoke(url, png, "image/png")
@@ -317,7 +199,7 @@ def query(url: str, images: np.ndarray, labels: np.ndarray, base: Path) -> dict[
     correct = 0
     for i in range(0, len(images), NPY_BATCH):
         chunk, truth = images[i:i + NPY_BATCH], labels[i:i + NPY_BATCH]
-        batch = invoke(url, npy_bytes(chunk), "application/x-npy")
+        batch = invoke(url, bodies.npy(chunk), "application/x-npy")
         if len(batch) != len(chunk):
             raise DemoError(f"batch at {i}: {len(batch)} predictions for {len(chunk)} images")
         correct += sum(_same(p["label"], int(t)) for p, t in zip(batch, truth, strict=True))
@@ -363,13 +245,6 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return _indent("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
-    except OSError:
-        return "  (no server log)"
-
-
 # --- the demo ---------------------------------------------------------------------------------
 
 
@@ -402,38 +277,36 @@ def run(args: argparse.Namespace) -> None:
         lap("image build")
 
     step("MNIST")
-    data = mnist.ensure(MNIST_CACHE, log=lambda m: say("  " + m))
+    data = mnist.ensure(project.MNIST_CACHE, log=lambda m: say("  " + m))
     say(f"  using {data}" + (" (MNIST_DIR)" if os.environ.get(mnist.MNIST_DIR_ENV) else ""))
-    images, labels = load_test_set(data)
+    images, labels = idx.mnist_arrays(data, "test")
     lap("data")
 
     base = Path(tempfile.mkdtemp(prefix="mxnet-byoc-demo-"))
-    proc: subprocess.Popen | None = None
+    server: Server | ContainerServer | None = None
     try:
-        stage_job(base, data, args.epochs)
-        hps = (base / "input" / "config" / "hyperparameters.json").read_text()
+        # SageMaker hands every hyperparameter over as a string; none given means the image's defaults.
+        hps = {} if args.epochs is None else {"epochs": str(args.epochs)}
+        jobs.make_job(base, data, hps, sagemaker_config=True, link=True)
         step(f"Training with {backend.description}")
-        say(f"  /opt/ml is {base}; hyperparameters.json: {hps}")
+        say(f"  /opt/ml is {base}; hyperparameters.json: {json.dumps(hps)}")
         backend.train(base)
         lap("training")
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        step(f"Serving the model on port {port}")
-        log = base / "serve.log"
-        proc = backend.start_server(base, port, log)
-        waited = wait_for_ping(url, proc, log)
+        server = backend.start_server(base)
+        step(f"Serving the model on port {server.port}")
+        say("$ " + backend.command_line(server))
+        waited = server.wait_ready(PING_TIMEOUT_S)
         say(f"  /ping answered 200 after {waited:.1f} s")
         lap("server start")
 
-        result = query(url, images, labels, base)
+        result = query(server.url(""), images, labels, base)
         lap("requests")
         print_metrics(base, result["accuracy"])
     finally:
-        if proc is not None:
+        if server is not None:
             step("Stopping the server")
-            backend.stop_server(proc)
-            say(f"  server stopped (exit {proc.returncode})")
+            say(f"  server stopped (exit {server.stop()})")
         if args.keep:
             say(f"  kept {base} (model, output, serve.log, the PNG sent)")
         else:
@@ -458,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         run(args)
-    except (DemoError, mnist.MnistError) as e:
+    except (DemoError, mnist.MnistError, KitError) as e:
         say(f"\ndemo failed after {time.monotonic() - started:.1f} s: {e}")
         return 1
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""MNIST for the demo: the four IDX .gz files, from MNIST_DIR or downloaded from public mirrors.
+"""MNIST for the demo and the tests: the four IDX .gz files, from MNIST_DIR or downloaded from public
+mirrors (or from those MNIST_MIRRORS names, such as a copy inside a firewall).
 
 Every download is checked against the SHA-256 sums below before it takes its final name, so a
 truncated transfer, a mirror serving an error page or a tampered file never reaches training.
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 MNIST_DIR_ENV = "MNIST_DIR"
+MNIST_MIRRORS_ENV = "MNIST_MIRRORS"  # base URLs separated by spaces, tried in their order
 
 # The sums of the original files (every mirror below serves byte-identical copies).
 SHA256 = {
@@ -36,6 +38,11 @@ MIRRORS = (
 _CHUNK = 1 << 16
 
 
+def configured_mirrors() -> tuple[str, ...]:
+    """The base URLs in $MNIST_MIRRORS when it names any, else MIRRORS."""
+    return tuple(os.environ.get(MNIST_MIRRORS_ENV, "").split()) or MIRRORS
+
+
 class MnistError(Exception):
     """MNIST could not be found or fetched; the message names every folder or mirror tried and why."""
 
@@ -54,12 +61,14 @@ def is_valid(path: Path, name: str) -> bool:
 
 def download(
     target: Path,
-    mirrors: Sequence[str] = MIRRORS,
+    mirrors: Sequence[str] | None = None,
     timeout: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Fill `target` with the four files, skipping those already there and valid; returns `target`."""
+    """Fill `target` with the four files, skipping those already there and valid; returns `target`.
+    `mirrors` defaults to configured_mirrors()."""
     target = Path(target)
+    mirrors = configured_mirrors() if mirrors is None else mirrors
     target.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         path = target / name
@@ -79,12 +88,13 @@ def download(
             tried = "\n".join(failures) or "  (no mirrors given)"
             raise MnistError(
                 f"could not download {name} from any mirror:\n{tried}\n"
-                f"Download the four MNIST .gz files yourself and set {MNIST_DIR_ENV} to their folder."
+                f"Download the four MNIST .gz files yourself and set {MNIST_DIR_ENV} to their folder, "
+                f"or set {MNIST_MIRRORS_ENV} to base URLs that serve them."
             )
     return target
 
 
-def ensure(cache_dir: Path, mirrors: Sequence[str] = MIRRORS, log: Callable[[str], None] = print) -> Path:
+def ensure(cache_dir: Path, mirrors: Sequence[str] | None = None, log: Callable[[str], None] = print) -> Path:
     """The folder holding MNIST: $MNIST_DIR when set (never written to), else `cache_dir`, downloaded."""
     given = os.environ.get(MNIST_DIR_ENV)
     if given:

@@ -1,7 +1,8 @@
 """SageMaker sessions for byoctl: a real one (boto3) or SDK local mode (Docker on this machine).
 
-Both give the same client interface (`sagemaker_client`, `sagemaker_runtime_client`), so every
-command has one code path; `Clients` adds CloudWatch Logs, which only a real session has.
+Both give the same client interface (`sagemaker_client`, `sagemaker_runtime_client`), under SDK 3 and
+SDK 2 alike (byoctl/sdk.py picks the classes), so every command has one code path; `Clients` adds
+CloudWatch Logs, which only a real session has.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from byoctl import sdk
 
 # The SDK announces at INFO level every config file it does not find; byoctl reads none of them.
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
@@ -34,7 +37,7 @@ LOCAL_INSTANCE_TYPES = ("local", "local_gpu")
 
 @dataclass
 class Clients:
-    session: Any  # sagemaker.Session or sagemaker.local.LocalSession
+    session: Any  # a real session or a LocalSession, of SDK 3 or SDK 2
     logs: Any | None  # a boto3 CloudWatch Logs client; None in local mode
     local: bool
 
@@ -49,29 +52,32 @@ class Clients:
 
 def real(region: str | None = None, profile: str | None = None) -> Clients:
     import boto3
-    import sagemaker
 
     boto_session = boto3.Session(region_name=region, profile_name=profile)
     if not boto_session.region_name:
         raise SystemExit("byoctl: no AWS region: pass --region, set AWS_REGION or run 'aws configure'")
-    session = sagemaker.Session(boto_session=boto_session, sagemaker_config=SDK_CONFIG)
-    return Clients(session=session, logs=boto_session.client("logs"), local=False)
+    return on_boto_session(boto_session)
+
+
+def on_boto_session(boto_session: Any) -> Clients:
+    """A real session's clients on a given boto3 session (tests stub its clients)."""
+    return Clients(session=sdk.session(boto_session, SDK_CONFIG), logs=boto_session.client("logs"), local=False)
 
 
 def local(region: str | None = None, serving_port: int | None = None) -> Clients:
     """SDK local mode. It still builds boto3 clients, so a region is needed, never credentials."""
     import boto3
-    from sagemaker.local import LocalSession
 
     boto_session = boto3.Session(region_name=region or "us-east-1")
-    session = LocalSession(boto_session=boto_session, sagemaker_config=SDK_CONFIG)
+    session = sdk.local_session(boto_session, SDK_CONFIG)
     if serving_port:
         session.config = {"local": {"serving_port": serving_port}}
     return Clients(session=session, logs=None, local=True)
 
 
 # SDK local mode names its containers PROJECT-algo-N-XXXXX and never removes them; after training it
-# also leaves its compose folder (a temp dir holding a copy of the model) behind.
+# also leaves its compose folder (a temp dir holding a copy of the model) behind. (SDK 3's ModelTrainer
+# names them differently, in a folder byoctl chooses: remove_compose_containers.)
 _LOCAL_SERVICE = re.compile(r"^algo-[0-9]+-[a-z0-9]+$")
 _FORMAT = "\t".join(("{{.ID}}", "{{.State}}", '{{.Label "com.docker.compose.service"}}',
                      '{{.Label "com.docker.compose.project.working_dir"}}'))
@@ -105,3 +111,12 @@ def local_leftovers_removed() -> Iterator[None]:
             folder = Path(new[cid][1])
             if folder.parent == tmp and (folder / "docker-compose.yaml").is_file():
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_compose_containers(working_dir: Path) -> None:
+    """Removes the containers of the compose project in `working_dir` (ModelTrainer's local jobs)."""
+    result = subprocess.run(["docker", "ps", "-a", "-q", "--no-trunc", "--filter",
+                             f"label=com.docker.compose.project.working_dir={working_dir}"],
+                            capture_output=True, text=True)
+    if result.stdout.split():
+        subprocess.run(["docker", "rm", "-f", *result.stdout.split()], capture_output=True)

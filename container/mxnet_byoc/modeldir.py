@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ReasonError
+
 BASE_DIR = "SAGEMAKER_BASE_DIR"  # moves /opt/ml, as the SageMaker training toolkit does
 DEFAULT_BASE_DIR = "/opt/ml"
 
@@ -40,7 +42,7 @@ PREPROCESSING = {
 }
 
 
-class ModelDirError(Exception):
+class ModelDirError(ReasonError):
     """The model directory is missing or unreadable; the message says which file and why."""
 
 

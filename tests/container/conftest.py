@@ -13,17 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from dockerkit import (
-    CPU_IMAGE,
-    GPU_IMAGE,
-    LOGS,
-    ROOT,
-    SCRIPTS,
-    TrainedJob,
-    docker_run,
-    make_job,
-    sh,
-)
+
+from byoctl.kit.commands import sh
+from byoctl.kit.docker import CPU_IMAGE, GPU_IMAGE, docker_run
+from byoctl.kit.jobs import TrainedJob, make_job
+from byoctl.kit.project import LOGS, ROOT, SCRIPTS
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +59,13 @@ def libcuda_standin() -> Path:
 @pytest.fixture(scope="session")
 def cpu_trained(cpu_image: str, mnist_dir: Path, tmp_path_factory) -> TrainedJob:
     """`docker run -v <tmp>:/opt/ml IMAGE train` on full MNIST: 2 epochs of the CNN (about 99%)."""
-    base = make_job(tmp_path_factory.mktemp("opt-ml"), mnist_dir, {"model": "cnn", "epochs": "2"})
+    base = make_job(tmp_path_factory.mktemp("opt-ml"), mnist_dir, {"model": "cnn", "epochs": "2"},
+                    sagemaker_config=True)
     run = docker_run(cpu_image, "train", mounts={base: "/opt/ml"})
     LOGS.mkdir(parents=True, exist_ok=True)
     (LOGS / "train-cpu.log").write_text(run.log)
     print(f"train in the CPU image: {run.seconds:.1f} s (log: {LOGS / 'train-cpu.log'})")
+    job = TrainedJob(base, run)
     if run.returncode != 0:
-        failure = base / "output" / "failure"
-        pytest.fail(f"train exited {run.returncode}: {failure.read_text() if failure.exists() else ''}\n"
-                    f"{run.log[-4000:]}")
-    return TrainedJob(base, run)
+        pytest.fail(f"train exited {run.returncode}: {job.failure}\n{run.log[-4000:]}")
+    return job

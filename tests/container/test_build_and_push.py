@@ -12,17 +12,18 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
+
+from byoctl.kit.net import free_port
+from byoctl.kit.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "build_and_push.sh"
@@ -280,20 +281,14 @@ def test_project_build_prepares_base_image_and_proxy_ca_like_the_makefile(tmp_pa
     assert result.returncode != 0 and "not found" in result.stderr
 
 
-def test_missing_aws_cli(tmp_path):
+@pytest.mark.parametrize("tool, message", [("aws", "the AWS CLI ('aws') is not on PATH"),
+                                           ("docker", "'docker' is not on PATH")])
+def test_a_missing_tool_is_named_before_any_call(tmp_path, tool, message):
     fakes = Fakes(tmp_path, real_docker=False)
-    fakes.remove("aws")
+    fakes.remove(tool)
     result = run_script(["--version", "v1", *a_dockerfile(tmp_path)], fakes.env())
     assert result.returncode != 0
-    assert "the AWS CLI ('aws') is not on PATH" in result.stderr
-
-
-def test_missing_docker(tmp_path):
-    fakes = Fakes(tmp_path, real_docker=False)
-    fakes.remove("docker")
-    result = run_script(["--version", "v1", *a_dockerfile(tmp_path)], fakes.env())
-    assert result.returncode != 0
-    assert "'docker' is not on PATH" in result.stderr
+    assert message in result.stderr
     assert fakes.aws_calls() == []
 
 
@@ -318,12 +313,6 @@ def test_missing_region(tmp_path):
 
 
 # --- with Docker: a real build and push ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bcrypt_hash(password: str) -> str:
@@ -353,15 +342,15 @@ class Registry:
         self.log = open(tmp / "registry.log", "wb")
         self.proc = subprocess.Popen([exe, "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.get("/v2/")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert self.proc.poll() is None, f"docker-registry exited: {(tmp / 'registry.log').read_text()}"
-                assert time.monotonic() < deadline, "docker-registry did not answer within 30 s"
-                time.sleep(0.2)
+        wait_until(self._answers, 30, "docker-registry answering", process=self.proc,
+                   details=(tmp / "registry.log").read_text)
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/v2/")
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
 
     def get(self, path: str, accept: str = "application/json") -> tuple[dict, dict]:
         auth = base64.b64encode(f"AWS:{PASSWORD}".encode()).decode()

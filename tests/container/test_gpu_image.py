@@ -7,11 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from dockerkit import LIBCUDA_IN_IMAGE, docker_run, make_job, sh
+
+from byoctl.kit.commands import sh
+from byoctl.kit.docker import docker_run
+from byoctl.kit.jobs import make_job
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
+# Where the NVIDIA container runtime puts the driver's library; the tests mount the stand-in there.
+LIBCUDA_IN_IMAGE = "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
 
 
 def test_every_cuda_library_resolves_but_the_driver(gpu_image: str) -> None:
@@ -36,7 +41,7 @@ def test_mxnet_imports_with_the_driver_stand_in_and_sees_no_gpu(gpu_image: str, 
 
 def test_train_falls_back_to_the_cpu_with_a_warning(gpu_image: str, libcuda_standin: Path, mnist_dir: Path,
                                                     tmp_path: Path) -> None:
-    base = make_job(tmp_path / "opt-ml", mnist_dir, {"model": "mlp", "epochs": "1"})
+    base = make_job(tmp_path / "opt-ml", mnist_dir, {"model": "mlp", "epochs": "1"}, sagemaker_config=True)
     run = docker_run(gpu_image, "train", mounts={base: "/opt/ml", libcuda_standin: f"{LIBCUDA_IN_IMAGE}:ro"})
     assert run.returncode == 0, run.log[-4000:]
     assert "no GPU is visible: training on the CPU" in run.log, run.log[-4000:]
@@ -47,7 +52,7 @@ def test_train_falls_back_to_the_cpu_with_a_warning(gpu_image: str, libcuda_stan
 
 def test_train_without_a_driver_fails_with_a_reason(gpu_image: str, mnist_dir: Path, tmp_path: Path) -> None:
     """No libcuda.so.1 at all (a CPU instance, or docker run without the NVIDIA runtime): a clear failure."""
-    base = make_job(tmp_path / "opt-ml", mnist_dir, {"model": "mlp", "epochs": "1"})
+    base = make_job(tmp_path / "opt-ml", mnist_dir, {"model": "mlp", "epochs": "1"}, sagemaker_config=True)
     run = docker_run(gpu_image, "train", mounts={base: "/opt/ml"})
     assert run.returncode != 0, run.log[-4000:]
     failure = (base / "output" / "failure").read_text()

@@ -1,5 +1,7 @@
-"""What both images hold and declare: SageMaker's contract (label, CMD, no /opt/ml, PATH) and supply-chain
-hygiene (hash-locked packages listed in the image, no compilers, pip, caches or build-time CA)."""
+"""What both images hold and declare: SageMaker's contract (label, CMD, no /opt/ml, PATH), what SDK 3's script
+runner needs (bash, python3 and pip3 on PATH), and supply-chain hygiene (hash-locked packages listed in the
+image, no compilers, caches or build-time CA; pip only in the venv, as pinned in the lock, for the user's
+requirements.txt in script mode)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import json
 import re
 
 import pytest
-from dockerkit import ROOT, sh
+
+from byoctl.kit.commands import sh
+from byoctl.kit.project import ROOT
 
 pytestmark = pytest.mark.container
 
@@ -60,6 +64,7 @@ def test_installed_packages_are_exactly_the_lock(image: str, flavour: str) -> No
     lock_text = LOCKS[flavour].read_text()
     locked = {_norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock_text, re.M)}
     assert installed == locked
+    assert installed["pip"] == "26.3"
     assert installed["numpy"] == "1.23.5"  # MXNet 1.9.1 needs numpy < 1.24
     assert installed["mxnet" if flavour == "cpu" else "mxnet-cu112"] == "1.9.1"
     # Every requirement in the lock carries a hash (pip install --require-hashes enforces the rest).
@@ -68,10 +73,23 @@ def test_installed_packages_are_exactly_the_lock(image: str, flavour: str) -> No
             assert "--hash=sha256:" in block, block
 
 
-def test_no_compilers_pip_caches_or_build_ca(image: str) -> None:
+def test_what_sdk3_script_runner_needs(image: str) -> None:
+    """ModelTrainer(source_code=...) runs `/bin/bash -c .../sm_drivers/sm_train.sh`, which stops unless
+    `command -v python3` and `command -v pip3 || command -v pip` both succeed, and installs
+    SourceCode(requirements=...) with `python3 -m pip`: all of them the venv's."""
+    out = in_image(image, "command -v bash; command -v python3; command -v pip3; command -v pip; "
+                          "python3 -m pip --version; ls /usr/bin | grep -E '^pip' || true")
+    lines = out.splitlines()
+    assert lines[:4] == ["/usr/bin/bash", "/opt/venv/bin/python3", "/opt/venv/bin/pip3", "/opt/venv/bin/pip"], out
+    assert lines[4].startswith("pip 26.3 from /opt/venv/"), out
+    assert len(lines) == 5, out  # Debian's python3 has no pip of its own
+
+
+def test_no_compilers_caches_or_build_ca(image: str) -> None:
+    # pip is there on purpose: script mode installs the user's requirements.txt with it (usercode.py).
     out = in_image(image, """
-        for tool in gcc cc c++ g++ make pip pip3 apt-file; do command -v $tool; done
-        ls /opt/venv/lib/python3*/site-packages | grep -iE '^(pip|setuptools|wheel)(-|$)'
+        for tool in gcc cc c++ g++ make apt-file; do command -v $tool; done
+        ls /opt/venv/lib/python3*/site-packages | grep -iE '^(setuptools|wheel)(-|$)'
         find /var/lib/apt/lists /var/cache/apt /root/.cache /tmp -mindepth 1 \\
             -not -path '/var/lib/apt/lists/partial' -not -name lock 2>/dev/null
         ls /tmp/extra-ca /tmp/ca-bundle.pem 2>/dev/null

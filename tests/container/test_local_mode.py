@@ -11,7 +11,6 @@ is no v2).
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -26,23 +25,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.container.dockerkit import MNIST_FILES, ROOT, free_port, read_idx_gz
+from byoctl.kit.commands import sh
+from byoctl.kit.docker import CPU_IMAGE
+from byoctl.kit.idx import MNIST_FILES, mnist_arrays, write_subsets
+from byoctl.kit.net import free_port
+from byoctl.kit.offline import AWS_OFFLINE, offline_aws
+from byoctl.kit.project import ROOT
+from byoctl.kit.waiting import wait_until
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
-OFFLINE_ENV = {
-    "AWS_ACCESS_KEY_ID": "AKIDLOCALMODE",
-    "AWS_SECRET_ACCESS_KEY": "local-mode-dummy",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "NO_PROXY": "localhost,127.0.0.1",
-    # The SDK prints errors as rich tracebacks wrapped at the terminal's width: keep lines whole.
-    "COLUMNS": "250",
-}
 TELEMETRY_OPT_OUT = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 ROLE = "arn:aws:iam::111111111111:role/local-mode"  # never assumed in local mode
 HYPERPARAMETERS = {"model": "cnn", "epochs": 1, "seed": 7}  # one epoch of the CNN: about 98.5-99%
@@ -51,10 +43,7 @@ PREDICT_IMAGES = 200
 
 @pytest.fixture(scope="module")
 def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in OFFLINE_ENV.items():
-            mp.setenv(key, value)
-        mp.delenv("AWS_PROFILE", raising=False)
+    with offline_aws():
         yield
 
 
@@ -71,9 +60,13 @@ def compose_containers():
 
 
 def _local_mode_containers(running: bool = False) -> list[str]:
+    """Local mode's containers of this checkout's image (CPU_IMAGE): other checkouts sharing the Docker
+    engine use tags of their own, and their containers come and go while these tests run."""
     from byoctl.sessions import local_mode_containers
 
-    return [cid for cid, (state, _) in local_mode_containers().items() if state == "running" or not running]
+    ours = set(sh("docker", "ps", "-a", "-q", "--no-trunc", "--filter", f"ancestor={CPU_IMAGE}").stdout.split())
+    return [cid for cid, (state, _) in local_mode_containers().items()
+            if cid in ours and (state == "running" or not running)]
 
 
 def local_session(port: int):
@@ -99,9 +92,7 @@ def channels(mnist_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def test_set(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx_gz(mnist_dir / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx_gz(mnist_dir / "t10k-labels-idx1-ubyte.gz")
-    return images, labels
+    return mnist_arrays(mnist_dir, "test")
 
 
 @pytest.fixture(scope="module")
@@ -217,46 +208,43 @@ def test_local_batch_transform_reaches_the_training_accuracy(offline, cpu_image,
 
 
 def _byoctl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **AWS_OFFLINE, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "byoctl", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
 
-def _subset_channel(mnist_dir: Path, folder: Path, files: tuple[str, str], count: int) -> None:
-    """The first `count` examples of an IDX pair, gzipped again: a quick training run."""
-    folder.mkdir(parents=True)
-    for name in files:
-        raw = gzip.decompress((mnist_dir / name).read_bytes())
-        ndim = raw[3]
-        dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-        per_item = int(np.prod(dims[1:])) if ndim > 1 else 1
-        header = raw[:4] + count.to_bytes(4, "big") + raw[8:4 + 4 * ndim]
-        body = raw[4 + 4 * ndim:4 + 4 * ndim + count * per_item]
-        (folder / name).write_bytes(gzip.compress(header + body))
-
-
 def test_byoctl_local_train_deploy_invoke_transform_delete(offline, cpu_image, fitted, test_set, mnist_dir,
                                                            compose_containers, tmp_path):
+    byoctl_local_round_trip(cpu_image, test_set, mnist_dir, tmp_path, deploy_model=fitted[0])
+
+
+def byoctl_local_round_trip(cpu_image: str, test_set: tuple[np.ndarray, np.ndarray], mnist_dir: Path, tmp_path: Path,
+                            deploy_model: Path | None = None, train_records: int = 3000,
+                            hyperparameters: tuple[str, ...] = ("epochs=1", "model=mlp"),
+                            min_accuracy: tuple[float, float] = (0.95, 0.97)) -> None:
+    """byoctl --local from the command line, under the SDK installed with this Python (tests/container/sdk3
+    runs it under SDK 3): train, deploy, invoke, delete, transform. The endpoint and the transform use
+    `deploy_model`, else the model trained here; `min_accuracy` is for the invocation and the transform."""
     images, labels = test_set
-    # 1. train --local on a small subset (the full run is the Estimator's above): it completes, writes
-    #    model.tar.gz and shows the metric lines.
-    for name, files in MNIST_FILES.items():
-        _subset_channel(mnist_dir, tmp_path / "data" / name, files, 3000 if name == "training" else 1000)
+    # 1. train --local on a small subset: it completes, writes model.tar.gz and shows the metric lines.
+    write_subsets(mnist_dir, tmp_path / "data", train_records, 1000)
     output = tmp_path / "byoctl-output"
+    hps = [arg for hp in hyperparameters for arg in ("--hp", hp)]
     result = _byoctl("train", "--local", "--image", cpu_image, "--output-path", f"file://{output}",
                      "--channel", f"training=file://{tmp_path / 'data' / 'training'}",
                      "--channel", f"test=file://{tmp_path / 'data' / 'test'}",
-                     "--hp", "epochs=1", "--hp", "model=mlp", "--job-name", "byoctl-local-train")
+                     *hps, "--job-name", "byoctl-local-train")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (output / "model.tar.gz").is_file()
     final = re.search(r"\[byoctl-local-train\] final metrics: .*test_accuracy=([0-9.]+)", result.stdout)
     assert final, result.stdout[-3000:]
     assert float(final.group(1)) > 0.7
+    assert f"[byoctl-local-train] model artifacts: file://{output}/model.tar.gz" in result.stdout
 
-    # 2. deploy --local (the Estimator's model): serves in the foreground until delete --local.
-    model_tar, _ = fitted
+    # 2. deploy --local: serves in the foreground until delete --local.
+    model_tar = deploy_model or output / "model.tar.gz"
     port = free_port()
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **AWS_OFFLINE, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "deploy.log"
     with open(log_path, "w") as log:
         deploy = subprocess.Popen(
@@ -264,11 +252,8 @@ def test_byoctl_local_train_deploy_invoke_transform_delete(offline, cpu_image, f
              "--model-data", f"file://{model_tar}", "--endpoint-name", "byoctl-local", "--serving-port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
-        deadline = time.monotonic() + 300
-        while "is serving on" not in log_path.read_text():
-            assert deploy.poll() is None, f"deploy --local exited {deploy.returncode}:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"no local endpoint after 300 s:\n{log_path.read_text()}"
-            time.sleep(1)
+        wait_until(lambda: "is serving on" in log_path.read_text(), 300, "deploy --local serving",
+                   process=deploy, details=log_path.read_text, interval=1)
 
         # 3. invoke --local with a PNG and an .npy batch.
         from PIL import Image
@@ -282,7 +267,7 @@ def test_byoctl_local_train_deploy_invoke_transform_delete(offline, cpu_image, f
                          "--accept", "text/csv")
         assert result.returncode == 0, result.stderr
         predicted = np.array([int(line) for line in result.stdout.split()])
-        assert (predicted == labels[:100]).mean() > 0.95
+        assert (predicted == labels[:100]).mean() > min_accuracy[0]
 
         # A client mistake comes back as the server's 4xx message, not a traceback.
         (tmp_path / "bad.json").write_text('{"nope": []}')
@@ -319,5 +304,5 @@ def test_byoctl_local_train_deploy_invoke_transform_delete(offline, cpu_image, f
             if line.strip()]
     predicted = np.array([int(row["label"]) for row in rows])
     assert predicted.shape == (1000,)
-    assert (predicted == labels[:1000]).mean() > 0.97
+    assert (predicted == labels[:1000]).mean() > min_accuracy[1]
     assert not _local_mode_containers(running=True)

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from byoctl.kit.net import free_port
+from byoctl.kit.project import LOGS
 from tests.container import test_local_mode as one_host_tests
-from tests.container.dockerkit import LOGS, free_port
 from tests.container.test_local_mode import ROLE, _local_mode_containers, local_session
 
 # The single-host local-mode tests' module fixtures, shared by name: offline SDK environment, file://
@@ -75,10 +76,13 @@ class Fit:
             return json.load(tar.extractfile("data/metrics.json"))  # output/data/ of the first host
 
     def host_lines(self, host: str) -> list[str]:
-        """What the container of `host` printed (compose prefixes each line with the container's name)."""
-        prefix = re.compile(rf"^\S*{re.escape(host)}\s+\|\s?(.*)$")
-        plain = ANSI.sub("", self.log)
-        return [m.group(1).rstrip("\r") for line in plain.splitlines() if (m := prefix.match(line))]
+        return host_lines(self.log, host)
+
+
+def host_lines(log: str, host: str) -> list[str]:
+    """What the container of `host` printed (compose prefixes each line with the container's name)."""
+    prefix = re.compile(rf"^\S*{re.escape(host)}\s+\|\s?(.*)$")
+    return [m.group(1).rstrip("\r") for line in ANSI.sub("", log).splitlines() if (m := prefix.match(line))]
 
 
 class _Tee(io.TextIOBase):
@@ -101,8 +105,68 @@ class _Tee(io.TextIOBase):
             return self.buffer_.getvalue()
 
 
+@dataclass
+class Run:
+    """What a local-mode fit left: the SDK's output, its duration, and every container it started."""
+
+    log: str
+    seconds: float
+    containers: dict[str, dict]  # compose service (host name) -> `docker inspect` State
+    container_logs: dict[str, str]  # compose service -> `docker logs`, complete even after compose aborted
+
+
+def _job_containers(image: str) -> set[str]:
+    """Local-mode containers of `image`: other sessions may run local mode on the same engine meanwhile."""
+    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", "label=com.docker.compose.project",
+                             "--filter", f"ancestor={image}"], capture_output=True, text=True, check=True)
+    return set(listed.stdout.split())
+
+
+def run_fit(estimator, inputs: dict[str, str], job_name: str, timeout: float = FIT_TIMEOUT_S) -> Run:
+    """`estimator.fit(inputs)` in local mode, bounded: on a timeout the job's containers are killed and the
+    test fails. The SDK's output (the containers' logs) is kept in build/test-logs/<job_name>.log."""
+    before = _job_containers(estimator.image_uri)
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            estimator.fit(inputs, job_name=job_name)
+        except BaseException as e:  # noqa: BLE001 - reported by the test's thread
+            outcome["error"] = e
+
+    tee = _Tee(sys.stdout)
+    started = time.monotonic()
+    with contextlib.redirect_stdout(tee):
+        worker = threading.Thread(target=run, name=f"fit-{job_name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        seconds = time.monotonic() - started
+        hung = worker.is_alive()
+        new = sorted(_job_containers(estimator.image_uri) - before)
+        if hung:
+            # Killing the containers ends `docker-compose up`, and with it the SDK's fit.
+            subprocess.run(["docker", "rm", "-f", *new], capture_output=True)
+            worker.join(60)
+    log = tee.getvalue()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"{job_name}.log").write_text(log)
+    print(f"local-mode fit {job_name}: {seconds:.1f} s (log: {LOGS / f'{job_name}.log'})")
+    if hung:
+        pytest.fail(f"{job_name} did not end by itself within {timeout} s:\n{log[-4000:]}")
+    if "error" in outcome:
+        pytest.fail(f"{job_name} failed: {outcome['error']!r}\n{log[-6000:]}")
+    containers, container_logs = {}, {}
+    for cid in new:
+        inspect = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True,
+                                            check=True).stdout)[0]
+        service = inspect["Config"]["Labels"]["com.docker.compose.service"]
+        containers[service] = inspect["State"]
+        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True, check=True)
+        container_logs[service] = logs.stdout + logs.stderr
+    return Run(log, seconds, containers, container_logs)
+
+
 def _fit(hosts: int, cpu_image: str, channels: dict[str, Path], output: Path) -> Fit:
-    """`Estimator.fit` in local mode, bounded: on a timeout the job's containers are killed and the test fails."""
     from sagemaker.estimator import Estimator
 
     from byoctl.shared import metric_definitions
@@ -117,46 +181,10 @@ def _fit(hosts: int, cpu_image: str, channels: dict[str, Path], output: Path) ->
         metric_definitions=metric_definitions(),
         sagemaker_session=local_session(free_port()),
     )
-    before = set(_local_mode_containers())
-    outcome: dict[str, BaseException] = {}
-
-    def run() -> None:
-        try:
-            estimator.fit({name: f"file://{path}" for name, path in channels.items()},
-                          job_name=f"local-mode-{hosts}-hosts")
-        except BaseException as e:  # noqa: BLE001 - reported by the test's thread
-            outcome["error"] = e
-
-    tee = _Tee(sys.stdout)
-    started = time.monotonic()
-    with contextlib.redirect_stdout(tee):
-        worker = threading.Thread(target=run, name=f"fit-{hosts}-hosts", daemon=True)
-        worker.start()
-        worker.join(FIT_TIMEOUT_S)
-        seconds = time.monotonic() - started
-        hung = worker.is_alive()
-        new = [cid for cid in _local_mode_containers() if cid not in before]
-        if hung:
-            # Killing the containers ends `docker-compose up`, and with it the SDK's fit.
-            subprocess.run(["docker", "rm", "-f", *new], capture_output=True)
-            worker.join(60)
-    log = tee.getvalue()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    (LOGS / f"local-mode-{hosts}-hosts.log").write_text(log)
-    print(f"local-mode fit on {hosts} host(s): {seconds:.1f} s (log: {LOGS / f'local-mode-{hosts}-hosts.log'})")
-    if hung:
-        pytest.fail(f"the {hosts}-host job did not end by itself within {FIT_TIMEOUT_S} s:\n{log[-4000:]}")
-    if "error" in outcome:
-        pytest.fail(f"the {hosts}-host fit failed: {outcome['error']!r}\n{log[-6000:]}")
-    containers, container_logs = {}, {}
-    for cid in new:
-        inspect = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True,
-                                            check=True).stdout)[0]
-        service = inspect["Config"]["Labels"]["com.docker.compose.service"]
-        containers[service] = inspect["State"]
-        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True, check=True)
-        container_logs[service] = logs.stdout + logs.stderr
-    return Fit(hosts, log, seconds, output / "model.tar.gz", output / "output.tar.gz", containers, container_logs)
+    run = run_fit(estimator, {name: f"file://{path}" for name, path in channels.items()},
+                  f"local-mode-{hosts}-hosts")
+    return Fit(hosts, run.log, run.seconds, output / "model.tar.gz", output / "output.tar.gz", run.containers,
+               run.container_logs)
 
 
 @pytest.fixture(scope="module")

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_process import ROOT, Server
 
+from byoctl.kit import idx, jobs
+from byoctl.kit.servers import Server
 from mxnet_byoc.serve import network
-from mxnet_byoc.train import data
-
-TRAIN = ROOT / "container" / "train"
 
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, mnist_dir) -> Path:
     """`<base>/model` written by `container/train`: a 1-epoch MLP on MNIST (about 96% accurate)."""
-    base = tmp_path_factory.mktemp("trained")
-    channel = base / "input" / "data" / "training"
-    channel.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        (channel / name).symlink_to(mnist_dir / name)
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps({"model": "mlp", "epochs": "1"}))
-    result = subprocess.run([sys.executable, str(TRAIN)], env={**os.environ, "SAGEMAKER_BASE_DIR": str(base)},
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"container/train failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    base = jobs.make_job(tmp_path_factory.mktemp("trained"), mnist_dir, {"model": "mlp", "epochs": "1"},
+                         channels=("training",), link=True)
+    run = jobs.run_train(base)
+    assert run.returncode == 0, f"container/train failed:\n{run.log[-6000:]}"
     return base / "model"
 
 
@@ -54,9 +41,7 @@ def start_server(tmp_path) -> Iterator:
 @pytest.fixture(scope="session")
 def digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
     """The first 500 MNIST test images, uint8 (500, 28, 28), and their labels."""
-    images = data.read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")[:500].reshape(500, 28, 28)
-    labels = data.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")[:500]
-    return images, labels
+    return idx.mnist_arrays(mnist_dir, "test", 500)
 
 
 @pytest.fixture(scope="session")

@@ -59,16 +59,3 @@ def test_a_failing_ensure_script_falls_back(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(demo, "ENSURE_DOCKER", script)
     up, reason = demo.docker_available()
     assert not up and "scripts/ensure-docker.sh failed (exit 3)" in reason
-
-
-def test_stage_job_lays_out_opt_ml_like_sagemaker(mnist_dir: Path, tmp_path: Path) -> None:
-    base = tmp_path / "ml"
-    demo.stage_job(base, mnist_dir, epochs=2)
-    assert (base / "input/config/hyperparameters.json").read_text() == '{"epochs": "2"}'
-    for channel, names in demo.CHANNELS.items():
-        for name in names:
-            staged = base / "input" / "data" / channel / name
-            assert staged.is_file() and not staged.is_symlink()
-            assert staged.stat().st_size == (mnist_dir / name).stat().st_size
-    images, labels = demo.load_test_set(mnist_dir)
-    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)

@@ -13,19 +13,20 @@ import shutil
 import socket
 import struct
 import threading
-import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-from serve_process import Server
+
+from byoctl.kit.bodies import npy
+from byoctl.kit.servers import Server
 
 WORKERS = 2
 TIMEOUT_S = 6  # SAGEMAKER_MODEL_SERVER_TIMEOUT: gunicorn kills a worker silent for this long
-READ_TIMEOUT_S = TIMEOUT_S / 2  # a connection with nothing to read for this long is given up (server_config)
 MIB = 1024 * 1024
 
 
@@ -78,12 +79,6 @@ def client_error(response: requests.Response, status: int = 400) -> str:
     document = response.json()
     assert set(document) == {"error"} and document["error"], document
     return document["error"]
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
-    return buffer.getvalue()
 
 
 def npy_with_header(header: str, data: bytes, version: int = 1) -> bytes:
@@ -229,11 +224,8 @@ for content_type in ("application/json", "application/jsonlines", "text/csv", "a
 @pytest.mark.parametrize("content_type, build, fragment",
                          [case[1:] for case in HOSTILE_BODIES], ids=[case[0] for case in HOSTILE_BODIES])
 def test_hostile_body_gets_400_with_a_json_reason(server, content_type, build, fragment):
-    body = build()
-    began = time.monotonic()
-    message = client_error(post(server, body, content_type))
+    message = client_error(post(server, build(), content_type))
     assert fragment in message
-    assert time.monotonic() - began < READ_TIMEOUT_S
 
 
 def test_empty_body_without_content_type_is_415(server):
@@ -257,7 +249,7 @@ def test_a_pickled_npy_is_never_unpickled(server, tmp_path):
     marker.unlink()
     array = np.zeros((1, 28, 28), dtype=object)
     array[0, 0, 0] = Trap(marker)
-    assert "pickl" in client_error(post(server, npy(array), "application/x-npy")).lower()
+    assert "pickl" in client_error(post(server, npy(array, allow_pickle=True), "application/x-npy")).lower()
     assert not marker.exists()
 
 
@@ -294,10 +286,9 @@ def test_content_length_longer_than_the_body_then_end_of_stream(server, valid_bo
 
 
 def test_content_length_longer_than_the_body_then_silence(server, valid_body):
-    began = time.monotonic()
+    # The read timeout answers, before gunicorn would kill the silent worker (stays_healthy checks that).
     status, body = raw_request(server, head(len(valid_body) + 10) + valid_body)
     assert status == 408 and b"stalled" in body
-    assert time.monotonic() - began < TIMEOUT_S
 
 
 @pytest.mark.parametrize("content_length, extra", [("abc", ""), ("-5", ""), ("5", "Content-Length: 7\r\n"),
@@ -308,29 +299,41 @@ def test_invalid_content_length_is_400_in_json(server, valid_body, content_lengt
     assert status == 400 and set(json.loads(body)) == {"error"}
 
 
-def test_slow_body_is_dropped_with_408_while_other_requests_are_served(server, valid_body):
-    answered = []
+def answered_while_held(sock: socket.socket, request: Callable[[], int]) -> tuple[bytes, list[int]]:
+    """All that `sock` receives until the server closes it, and the statuses of `request()`, sent again and
+    again meanwhile, that came back before that close."""
+    held = threading.Event()
+    held.set()
+    statuses: list[int] = []
 
     def others() -> None:
-        deadline = time.monotonic() + READ_TIMEOUT_S - 0.5
-        while time.monotonic() < deadline:
-            response = requests.post(server.url("/invocations"), data=valid_body,
-                                     headers={"Content-Type": "application/json"}, timeout=5)
-            answered.append(response.status_code)
+        while held.is_set():
+            status = request()
+            if held.is_set():
+                statuses.append(status)
+
+    thread = threading.Thread(target=others)
+    thread.start()
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    finally:
+        held.clear()
+        thread.join()
+    return received, statuses
+
+
+def test_slow_body_is_dropped_with_408_while_other_requests_are_served(server, valid_body):
+    def other() -> int:
+        return requests.post(server.url("/invocations"), data=valid_body,
+                             headers={"Content-Type": "application/json"}, timeout=5).status_code
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head(len(valid_body)) + valid_body[:10])  # a few bytes, then nothing
-        began = time.monotonic()
-        thread = threading.Thread(target=others)
-        thread.start()
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        waited = time.monotonic() - began
-        thread.join()
-    assert received.startswith(b"HTTP/1.1 408") and b'"error"' in received
-    assert READ_TIMEOUT_S - 0.5 < waited < TIMEOUT_S
-    assert len(answered) > 10 and set(answered) == {200}
+        received, answered = answered_while_held(sock, other)
+    assert received.startswith(b"HTTP/1.1 408") and b'"error"' in received and b"stalled" in received
+    assert answered and set(answered) == {200}
 
 
 def test_slow_headers_are_dropped_while_other_requests_are_served(start_server, tmp_path, trained_model_dir):
@@ -342,11 +345,9 @@ def test_slow_headers_are_dropped_while_other_requests_are_served(start_server, 
     other.wait_loaded()
     with socket.create_connection(("127.0.0.1", other.port), timeout=30) as sock:
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Ty")  # and nothing more
-        began = time.monotonic()
-        assert all(requests.get(other.url("/ping"), timeout=5).status_code == 200 for _ in range(20))
-        assert sock.recv(65536) == b""  # closed without an answer: there is no request to answer
-        waited = time.monotonic() - began
-    assert READ_TIMEOUT_S - 0.5 < waited < TIMEOUT_S
+        received, pings = answered_while_held(sock, lambda: requests.get(other.url("/ping"), timeout=5).status_code)
+    assert received == b""  # closed without an answer: there is no request to answer
+    assert pings and set(pings) == {200}
     assert requests.get(other.url("/ping"), timeout=2).status_code == 200
     log = other.output()
     assert len(re.findall(r"Booting worker with pid", log)) == WORKERS and "WORKER TIMEOUT" not in log
@@ -354,10 +355,9 @@ def test_slow_headers_are_dropped_while_other_requests_are_served(start_server, 
 
 def test_body_over_the_limit_is_413_before_it_is_read(server):
     oversize = 6 * MIB + 1
-    began = time.monotonic()
+    # No byte of the body is sent: reading it would end in a 400 for a body cut short, not in a 413.
     status, body = raw_request(server, head(oversize, "application/x-npy"), shut_write=True)
     assert status == 413 and b"6 MB" in body
-    assert time.monotonic() - began < 1  # decided from Content-Length alone
     status, body = raw_request(server, head(oversize, "application/x-npy") + b"\0" * oversize)
     assert status == 413
 

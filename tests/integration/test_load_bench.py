@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from serve_process import ROOT
+
+from byoctl.kit.project import ROOT
 
 BENCH = ROOT / "bench" / "load_bench.py"
 

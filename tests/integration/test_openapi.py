@@ -20,8 +20,10 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from serve_process import ROOT, Server
 
+from byoctl.kit.bodies import npy, png
+from byoctl.kit.project import ROOT
+from byoctl.kit.servers import Server
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import codecs
 from mxnet_byoc.serve import settings as serve_settings
@@ -92,18 +94,6 @@ def test_document_lists_every_status_the_code_raises():
     assert responses["/invocations"]["post"] == raised
     assert responses["/ping"]["get"] == {"200", "503"}
     assert responses["/execution-parameters"]["get"] == {"200"}
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def jpeg(array: np.ndarray) -> bytes:

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from serve_process import Server
+
+from byoctl.kit.bodies import npy
+from byoctl.kit.servers import Server
 
 MIB = 1024 * 1024
 
@@ -38,12 +40,6 @@ def post(server: Server, body, content_type: str | None, accept: str | None = No
     if accept is not None:
         headers["Accept"] = accept
     return requests.post(server.url("/invocations"), data=body, headers=headers, timeout=60)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def predictions(response: requests.Response) -> tuple[list, np.ndarray]:

@@ -12,15 +12,16 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import jobkit
-from jobkit import TRAIN, VENV_BIN, make_job, write_idx
+from byoctl.kit import idx, jobs, project
+from byoctl.kit.idx import read_idx, write_idx
+from byoctl.kit.jobs import make_job
 from mxnet_byoc.train import metrics
 
 pytestmark = pytest.mark.slow
@@ -37,10 +38,8 @@ CKPT = re.compile(r"^checkpoint-(?P<host>.+)-e(?P<epoch>\d{4})-s(?P<step>\d{7})\
 def subsets(mnist_dir, tmp_path_factory) -> Path:
     """training/ (gzip, names unlike MNIST's) and test/ (uncompressed) channel folders, written once."""
     root = tmp_path_factory.mktemp("mnist-subsets")
-    x = jobkit.read_mnist(mnist_dir / "train-images-idx3-ubyte.gz")[:N_TRAIN]
-    y = jobkit.read_mnist(mnist_dir / "train-labels-idx1-ubyte.gz")[:N_TRAIN]
-    tx = jobkit.read_mnist(mnist_dir / "t10k-images-idx3-ubyte.gz")[:N_TEST]
-    ty = jobkit.read_mnist(mnist_dir / "t10k-labels-idx1-ubyte.gz")[:N_TEST]
+    x, y = idx.mnist_arrays(mnist_dir, "training", N_TRAIN)
+    tx, ty = idx.mnist_arrays(mnist_dir, "test", N_TEST)
     write_idx(root / "training" / "digits.idx.gz", x, gz=True)
     write_idx(root / "training" / "digit-classes.idx.gz", y, gz=True)
     write_idx(root / "test" / "images", tx)
@@ -67,16 +66,15 @@ class Run:
 def job_env(base: Path, contexts: str | None = None) -> dict[str, str]:
     # SageMaker sets none of these: PYTHONUNBUFFERED in particular would hide a metric line left in a buffer.
     unset = ("MXNET_BYOC_CONTEXTS", "TRAINING_JOB_NAME", "PYTHONUNBUFFERED")
-    env = {k: v for k, v in jobkit.train_env(base).items() if k not in unset}
+    env = {k: v for k, v in jobs.train_env(base).items() if k not in unset}
     if contexts:
         env["MXNET_BYOC_CONTEXTS"] = contexts
     return env
 
 
 def train(base: Path, contexts: str | None = None, timeout: float = 300) -> Run:
-    done = subprocess.run([str(TRAIN)], env=job_env(base, contexts), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    return Run(base, done.returncode, done.stdout)
+    done = jobs.run_train(base, timeout, env=job_env(base, contexts))
+    return Run(base, done.returncode, done.log)
 
 
 def metric_lines(run: Run) -> list[str]:
@@ -88,17 +86,13 @@ def checkpoint_files(directory: Path) -> list[str]:
 
 
 PLAIN_MXNET = r"""
-import json, struct, sys
+import json, sys
 import numpy as np
 import mxnet as mx
 
 model_dir, images_path, labels_path = sys.argv[1:4]
-def idx(path):
-    raw = open(path, "rb").read()
-    dims = struct.unpack(">%dI" % raw[3], raw[4:4 + 4 * raw[3]])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
-x = idx(images_path).astype(np.float32)[:, None] / 255.0
-y = idx(labels_path).astype(np.int64)
+x = np.load(images_path).astype(np.float32)[:, None] / 255.0
+y = np.load(labels_path).astype(np.int64)
 prefix = model_dir + "/model"
 
 net = mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], prefix + "-0000.params")
@@ -120,9 +114,14 @@ print(json.dumps({"gluon_accuracy": float((gluon_scores.argmax(1) == y).mean()),
 
 
 def load_with_plain_mxnet(model_dir: Path, images: Path, labels: Path) -> dict:
-    """In a separate interpreter (-I: no PYTHONPATH, no cwd on sys.path) that never sees our package."""
-    done = subprocess.run([str(VENV_BIN / "python"), "-I", "-c", PLAIN_MXNET, str(model_dir), str(images),
-                           str(labels)], capture_output=True, text=True, timeout=120, cwd="/")
+    """In a separate interpreter (-I: no PYTHONPATH, no cwd on sys.path) that never sees our package; the
+    IDX files reach it as .npy arrays."""
+    with tempfile.TemporaryDirectory() as arrays:
+        np.save(f"{arrays}/x.npy", read_idx(images))
+        np.save(f"{arrays}/y.npy", read_idx(labels))
+        done = subprocess.run([str(project.python_bin() / "python"), "-I", "-c", PLAIN_MXNET, str(model_dir),
+                               f"{arrays}/x.npy", f"{arrays}/y.npy"], capture_output=True, text=True, timeout=120,
+                              cwd="/")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -134,6 +133,12 @@ def mlp_run(subsets, tmp_path_factory) -> Run:
     run = train(make_job(tmp_path_factory.mktemp("mlp") / "ml", subsets, MLP))
     assert run.returncode == 0, run
     return run
+
+
+def test_the_runtime_is_decided_once_and_logged(mlp_run):
+    # One CPU host: the naive engine, which lets the training loop use host memory directly.
+    assert re.search(r"runtime: devices every GPU, else the CPU \(detected\), engine NaiveEngine, OpenMP threads \d+$",
+                     mlp_run.output, re.M), mlp_run
 
 
 def test_success_writes_the_model_directory_and_outputs(mlp_run):
@@ -154,6 +159,7 @@ def test_metadata_records_classes_shape_preprocessing_hyperparameters_metrics_ve
     hps = meta["hyperparameters"]
     assert (hps["model"], hps["epochs"], hps["log_interval"]) == ("mlp", 2, 10)
     assert hps["batch_size"] == 128  # defaults are recorded too
+    assert (meta["training"]["global_batch"], meta["training"]["device_batch"]) == (128, 128)
     assert meta["metrics"] == mlp_run.json("output/data/metrics.json")
     assert meta["versions"]["mxnet"] == "1.9.1"
     assert meta["versions"]["numpy"] and meta["versions"]["python"] and meta["versions"]["mxnet_byoc"]
@@ -175,8 +181,7 @@ def test_final_metrics_and_confusion_matrix(mlp_run):
 
 
 def _read_test_labels(run: Run) -> np.ndarray:
-    raw = (run.base / "input/data/test/labels").read_bytes()
-    return np.frombuffer(raw, np.uint8, offset=8)
+    return read_idx(run.base / "input/data/test/labels")
 
 
 def test_artifacts_load_with_plain_mxnet_and_reproduce_the_accuracy(mlp_run):
@@ -233,16 +238,15 @@ def test_checkpoints_every_epoch_with_host_unique_names(mlp_run):
 
 def test_another_image_size_and_class_count_trains_with_no_code_change(subsets, mnist_dir, tmp_path):
     """MNIST's digits 0-4 cropped to 20x20: the input shape and the five classes come from the data."""
-    base = tmp_path / "ml"
+    cropped = tmp_path / "cropped"
     for channel, images, labels in (("training", "digits.idx.gz", "digit-classes.idx.gz"),
                                     ("test", "images", "labels")):
-        x = _read_idx_file(subsets / channel / images)
-        y = _read_idx_file(subsets / channel / labels)
+        x = read_idx(subsets / channel / images)
+        y = read_idx(subsets / channel / labels)
         keep = y < 5
-        write_idx(base / "input" / "data" / channel / "x", np.ascontiguousarray(x[keep][:, 4:24, 4:24]))
-        write_idx(base / "input" / "data" / channel / "y", y[keep])
-    (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"model": "cnn", "epochs": "1"}))
+        write_idx(cropped / channel / "x", np.ascontiguousarray(x[keep][:, 4:24, 4:24]))
+        write_idx(cropped / channel / "y", y[keep])
+    base = make_job(tmp_path / "ml", cropped, {"model": "cnn", "epochs": "1"})
     run = train(base)
     assert run.returncode == 0, run
     meta = run.json("model/metadata.json")
@@ -254,14 +258,6 @@ def test_another_image_size_and_class_count_trains_with_no_code_change(subsets, 
     loaded = load_with_plain_mxnet(base / "model", test / "x", test / "y")
     assert loaded["outputs"] == 5 and loaded["input_shape"] == [1, 1, 20, 20]
     assert loaded["module_accuracy"] == pytest.approx(accuracy, abs=0.002)
-
-
-def _read_idx_file(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    dims = struct.unpack(f">{raw[3]}I", raw[4:4 + 4 * raw[3]])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
 
 
 # -- without a test channel; checkpointconfig.json; host names ------------------------------------------
@@ -305,6 +301,7 @@ def test_checkpoint_names_carry_the_current_host(split_run):
 def test_two_devices_reach_the_accuracy_of_one(mlp_run, subsets, tmp_path):
     run = train(make_job(tmp_path / "ml", subsets, MLP), contexts="cpu(0),cpu(1)")
     assert run.returncode == 0, run
+    assert "runtime: devices cpu(0),cpu(1) (MXNET_BYOC_CONTEXTS), engine NaiveEngine" in run.output, run
     assert run.json("model/metadata.json")["training"]["devices"] == ["cpu(0)", "cpu(1)"]
     two = run.json("output/data/metrics.json")
     one = mlp_run.json("output/data/metrics.json")
@@ -354,8 +351,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(mlp_run, tmp_path
 def test_sigterm_stops_with_a_checkpoint_and_a_rerun_resumes_to_normal_accuracy(mlp_run, subsets, tmp_path):
     # The same job as mlp_run, with a progress line every step so that the signal lands mid-epoch.
     base = make_job(tmp_path / "ml", subsets, {**MLP, "log_interval": "1"})
-    proc = subprocess.Popen([str(TRAIN)], env=job_env(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = jobs.start_train(base, env=job_env(base))
     before = []
     try:
         for line in proc.stdout:
@@ -417,7 +413,7 @@ def _truncated_gzip(base: Path) -> None:
 
 def _counts_differ(base: Path) -> None:
     path = base / "input/data/training/digit-classes.idx.gz"
-    write_idx(path, _read_idx_file(path)[:-1], gz=True)
+    write_idx(path, read_idx(path)[:-1], gz=True)
 
 
 def _no_training_channel(base: Path) -> None:
@@ -440,6 +436,11 @@ def _model_dir_is_a_file(base: Path) -> None:
     (base / "model").write_text("not a directory")
 
 
+def _output_data_dir_is_a_file(base: Path) -> None:
+    (base / "output").mkdir()
+    (base / "output" / "data").write_text("not a directory")
+
+
 FAILURES = {
     "no-training-channel": (_no_training_channel, None, r"no 'training' channel.*input/data/training"),
     "empty-channel": (_empty_channel, None, r"channel 'training' is empty"),
@@ -453,6 +454,8 @@ FAILURES = {
                                   r"hyperparameter 'batch_size': value '\"big\"' is not accepted; expected an integer"),
     "bad-contexts": (lambda base: None, "tpu(0)", r"MXNET_BYOC_CONTEXTS: cannot read device 'tpu\(0\)'"),
     "model-dir-unwritable": (_model_dir_is_a_file, None, r"the model directory .*/model cannot be written"),
+    "output-dir-unwritable": (_output_data_dir_is_a_file, None,
+                              r"the output data directory .*/output/data cannot be written"),
 }
 
 
@@ -476,7 +479,7 @@ def test_failures_write_a_reason_and_exit_non_zero(case, subsets, tmp_path):
 
 def test_the_executable_is_runnable_as_sagemaker_calls_it():
     # SageMaker runs `train` from PATH: it must be executable, with a shebang and no CRLF line ends.
-    raw = TRAIN.read_bytes()
-    assert os.access(TRAIN, os.X_OK)
+    raw = project.TRAIN.read_bytes()
+    assert os.access(project.TRAIN, os.X_OK)
     assert raw.startswith(b"#!") and b"\r\n" not in raw
     assert raw.splitlines()[0] == b"#!/usr/bin/env python3"  # PATH picks the interpreter: the venv's here

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-import jobkit
+from byoctl.kit import idx, jobs
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +20,11 @@ MLP = {"model": "mlp", "log_interval": "5"}
 
 @pytest.fixture(scope="module")
 def channels(mnist_dir, tmp_path_factory) -> Path:
-    return jobkit.write_subsets(mnist_dir, tmp_path_factory.mktemp("faults-data"), 6000, 1000)
+    return idx.write_subsets(mnist_dir, tmp_path_factory.mktemp("faults-data"), 6000, 1000)
 
 
 def _run(base: Path) -> tuple[int, str]:
-    proc = jobkit.start_train(base)
+    proc = jobs.start_train(base)
     out, _ = proc.communicate(timeout=300)
     return proc.returncode, out
 
@@ -49,8 +48,8 @@ def mount(tmp_path):
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_from_last_checkpoint(tmp_path, channels):
-    base = jobkit.make_job(tmp_path / "job", channels, {**MLP, "epochs": "4"})
-    proc = jobkit.start_train(base)
+    base = jobs.make_job(tmp_path / "job", channels, {**MLP, "epochs": "4"})
+    proc = jobs.start_train(base)
     # Let one epoch finish (a checkpoint), then die mid-way through the next, as an OOM kill would.
     seen_epoch = False
     for line in proc.stdout:
@@ -64,11 +63,11 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_last_checkpoint(tmp_path, cha
     assert code == 0, out
     assert "resumed from epoch 1 step 0" in out, out
     assert "epoch=1;" not in out and "epoch=4;" in out
-    assert jobkit.metrics_json(base)["validation_accuracy"] > 0.85
+    assert jobs.metrics_json(base)["validation_accuracy"] > 0.85
 
 
 def test_full_disk_for_the_model_gives_a_clear_reason(tmp_path, channels, mount):
-    base = jobkit.make_job(tmp_path / "job", channels, {**MLP, "epochs": "1"})
+    base = jobs.make_job(tmp_path / "job", channels, {**MLP, "epochs": "1"})
     mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", target=base / "model")
     code, out = _run(base)
     assert code == 1, out
@@ -79,20 +78,19 @@ def test_full_disk_for_the_model_gives_a_clear_reason(tmp_path, channels, mount)
 def test_read_only_checkpoint_folder_fails_before_training(tmp_path, channels, mount):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    base = jobkit.make_job(tmp_path / "job", channels, {**MLP, "epochs": "1"},
+    base = jobs.make_job(tmp_path / "job", channels, {**MLP, "epochs": "1"},
                            {"checkpointconfig.json": {"LocalPath": str(ckpt)}})
     mount("--bind", str(ckpt), target=ckpt)
     subprocess.run(["mount", "-o", "remount,ro,bind", str(ckpt)], check=True)
-    tic = time.monotonic()
     code, out = _run(base)
     assert code == 1, out
     reason = _first_line(base)
     assert f"checkpoint directory {ckpt} cannot be written" in reason and "Read-only" in reason, reason
-    assert "epoch=" not in out and time.monotonic() - tic < 30
+    assert "progress:" not in out and "epoch=" not in out  # not one step was trained
 
 
 def test_one_bad_file_among_good_ones_is_named(tmp_path, channels):
-    base = jobkit.make_job(tmp_path / "job", channels, {**MLP, "epochs": "1"})
+    base = jobs.make_job(tmp_path / "job", channels, {**MLP, "epochs": "1"})
     (base / "input" / "data" / "training" / "part-0007.idx").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 10)
     code, out = _run(base)
     assert code == 1, out

@@ -1,5 +1,9 @@
 """byoctl's AWS calls, checked with botocore's Stubber on real boto3 clients: exact operations, exact parameters.
 
+Under whichever SageMaker Python SDK is installed: `make test` runs this file in .venv (SDK 2) and in
+.venv-client (SDK 3). The requests are the same under both; SDK 3's TrainingJob resource reads a job
+back once after creating it (`created`).
+
 Offline: dummy credentials, region us-east-1, no instance metadata, and a proxy that points nowhere,
 so any call the stubs do not expect fails instead of reaching AWS.
 """
@@ -13,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from byoctl.kit.offline import AWS_OFFLINE
 
 ACCOUNT = "123456789012"
 IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/mxnet-byoc:cpu"
@@ -36,37 +42,18 @@ def policy_actions() -> set[str]:
     return actions
 
 
-OFFLINE_ENV = {
-    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-    "AWS_SECRET_ACCESS_KEY": "dummy-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-}
-
-
 @pytest.fixture(scope="module")
 def clients():
-    """Real boto3 clients inside a real sagemaker.Session (built once: loading the service models is slow)."""
+    """Real boto3 clients inside byoctl's real session (built once: loading the service models is slow)."""
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in OFFLINE_ENV.items():
+        for key, value in AWS_OFFLINE.items():
             mp.setenv(key, value)
         mp.delenv("AWS_PROFILE", raising=False)
         import boto3
-        import sagemaker
 
         from byoctl import sessions
 
-        boto_session = boto3.Session(region_name="us-east-1")
-        sm = boto_session.client("sagemaker")
-        runtime = boto_session.client("sagemaker-runtime")
-        logs = boto_session.client("logs")
-        session = sagemaker.Session(boto_session=boto_session, sagemaker_client=sm,
-                                    sagemaker_runtime_client=runtime, sagemaker_config=sessions.SDK_CONFIG)
-        yield sessions.Clients(session=session, logs=logs, local=False)
+        yield sessions.on_boto_session(boto3.Session(region_name="us-east-1"))
 
 
 @pytest.fixture
@@ -74,7 +61,7 @@ def aws(clients, monkeypatch):
     """Fresh stubs on the shared clients; a test fails if a stubbed response is left unused."""
     from botocore.stub import Stubber
 
-    for key, value in OFFLINE_ENV.items():
+    for key, value in AWS_OFFLINE.items():
         monkeypatch.setenv(key, value)
     stubs = {"sm": Stubber(clients.sagemaker), "runtime": Stubber(clients.runtime), "logs": Stubber(clients.logs)}
     for stub in stubs.values():
@@ -126,6 +113,20 @@ def training_job(name: str, status: str, secondary: str, **extra) -> dict:
     return job
 
 
+def sdk_major() -> int:
+    from byoctl import sdk
+
+    return sdk.major()
+
+
+def created(aws, name: str, expected: dict | None = None) -> None:
+    """CreateTrainingJob answered; under SDK 3 also the DescribeTrainingJob its resource class makes next."""
+    aws.sm_stub.add_response("create_training_job", {"TrainingJobArn": f"{ARN}:training-job/{name}"}, expected)
+    if sdk_major() == 3:
+        aws.sm_stub.add_response("describe_training_job", training_job(name, "InProgress", "Starting"),
+                                 {"TrainingJobName": name})
+
+
 def expected_metric_definitions() -> list[dict]:
     from mxnet_byoc.train import metrics
 
@@ -138,7 +139,7 @@ def expected_metric_definitions() -> list[dict]:
 
 
 def test_train_creates_the_training_job_with_exact_parameters(aws, capsys):
-    aws.sm_stub.add_response("create_training_job", {"TrainingJobArn": f"{ARN}:training-job/mnist-1"}, {
+    created(aws, "mnist-1", {
         "TrainingJobName": "mnist-1",
         "AlgorithmSpecification": {
             "TrainingImage": IMAGE,
@@ -172,7 +173,7 @@ def test_train_creates_the_training_job_with_exact_parameters(aws, capsys):
 
 
 def test_spot_training_sets_max_wait_and_checkpoints(aws, capsys):
-    aws.sm_stub.add_response("create_training_job", {"TrainingJobArn": f"{ARN}:training-job/spot-1"}, {
+    created(aws, "spot-1", {
         "TrainingJobName": "spot-1",
         "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File",
                                    "MetricDefinitions": expected_metric_definitions()},
@@ -203,7 +204,7 @@ def test_spot_max_wait_below_max_run_is_refused(aws, capsys):
 
 
 def test_train_follows_status_and_prints_metrics_from_the_logs(aws, capsys):
-    aws.sm_stub.add_response("create_training_job", {"TrainingJobArn": f"{ARN}:training-job/j2"})
+    created(aws, "j2")
     aws.sm_stub.add_response("describe_training_job", training_job("j2", "InProgress", "Starting"),
                              {"TrainingJobName": "j2"})
     aws.logs_stub.add_response("filter_log_events", {"events": []}, {
@@ -245,7 +246,7 @@ def test_train_follows_status_and_prints_metrics_from_the_logs(aws, capsys):
 
 
 def test_failed_training_job_reports_the_reason(aws, capsys):
-    aws.sm_stub.add_response("create_training_job", {"TrainingJobArn": f"{ARN}:training-job/j3"})
+    created(aws, "j3")
     aws.sm_stub.add_response("describe_training_job", training_job(
         "j3", "Failed", "Failed", FailureReason="AlgorithmError: no 'training' channel"))
     aws.logs_stub.add_client_error("filter_log_events", "ResourceNotFoundException",

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
+from byoctl.kit.bodies import npy
 from mxnet_byoc.serve import codecs
 
 SHAPE = (1, 28, 28)
@@ -19,12 +20,6 @@ SHAPE = (1, 28, 28)
 
 def digits(n: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 256, size=(n, 28, 28)).astype(np.uint8)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def decode(body: bytes | str, content_type: str, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
@@ -180,7 +175,7 @@ def test_npy_fortran_order_is_read_correctly():
 
 
 def test_npy_is_never_unpickled():
-    pickled = npy(np.array([{"a": 1}], dtype=object))
+    pickled = npy(np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(codecs.BadRequest, match="not a .npy array"):
         decode(pickled, "application/x-npy")
 

@@ -31,8 +31,10 @@ def make_base(tmp_path: Path, channels=("training",), hyperparameters=None, inpu
 
 
 def test_modules_without_mxnet():
-    # contract, hyperparameters and data must stay importable without MXNet: their tests are instant.
-    code = ("import sys; import mxnet_byoc.train.environment, mxnet_byoc.train.hyperparameters, mxnet_byoc.train.data; "
+    # contract, hyperparameters, runtime and data must stay importable without MXNet: their tests are instant,
+    # and the runtime's choices must reach the environment before MXNet is imported.
+    code = ("import sys; import mxnet_byoc.train.environment, mxnet_byoc.train.hyperparameters, "
+            "mxnet_byoc.train.runtime, mxnet_byoc.train.data, mxnet_byoc.train.job; "
             "assert 'mxnet' not in sys.modules, 'mxnet imported'")
     container = Path(__file__).resolve().parents[2] / "container"
     done = subprocess.run([sys.executable, "-c", code], cwd=container, capture_output=True, text=True)
@@ -53,7 +55,7 @@ def test_sagemaker_base_dir_moves_everything(tmp_path, monkeypatch):
     monkeypatch.setenv(modeldir.BASE_DIR, str(base))
     env = environment.load()
     assert env.paths.base == base
-    assert env.hyperparameters["epochs"] == 3
+    assert env.hyperparameters.epochs == 3
     assert env.checkpoint_dir == base / "checkpoints"
 
 
@@ -66,13 +68,13 @@ def test_hyperparameters_are_parsed_and_defaults_filled(tmp_path):
     base = make_base(tmp_path, hyperparameters={"epochs": "3", "optimizer": '"sgd"', "batch-size": "64",
                                                 "sagemaker_program": '"x.py"'})
     hps = environment.load(base).hyperparameters
-    assert (hps["epochs"], hps["optimizer"], hps["batch_size"], hps["model"]) == (3, "sgd", 64, "cnn")
-    assert "sagemaker_program" not in hps
+    assert (hps.epochs, hps.optimizer, hps.batch_size, hps.model) == (3, "sgd", 64, "cnn")
+    assert "sagemaker_program" not in hps.as_dict()
 
 
 def test_missing_hyperparameters_file_means_defaults(tmp_path):
     env = environment.load(make_base(tmp_path))
-    assert env.hyperparameters == hyperparameters.defaults()
+    assert env.hyperparameters == hyperparameters.Hyperparameters()
 
 
 def test_bad_hyperparameter_fails_the_load(tmp_path):

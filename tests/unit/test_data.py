@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from byoctl.kit.idx import mnist_arrays, write_idx
 from mxnet_byoc.train import data
 from mxnet_byoc.train.data import DataError
-
-TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
-              np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    code = TYPE_CODES[array.dtype]
-    return bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = idx_bytes(array)
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
 
 
 def digits(n: int, size: int = 28, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +85,7 @@ def test_real_mnist_under_other_names(tmp_path, mnist_dir):
 
 
 def test_real_mnist_slice_uncompressed(tmp_path, mnist_dir):
-    images = np.frombuffer(gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes()),
-                           np.uint8, offset=16).reshape(-1, 28, 28)[:500]
-    labels = np.frombuffer(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()),
-                           np.uint8, offset=8)[:500]
+    images, labels = mnist_arrays(mnist_dir, "test", 500)
     write_idx(tmp_path / "ch" / "0", images)
     write_idx(tmp_path / "ch" / "1", labels)
     ds = data.read_channel(tmp_path / "ch")
@@ -157,61 +138,29 @@ def _channel(tmp_path: Path, n_images=20, n_labels=20, gz=False) -> Path:
     return tmp_path / "ch"
 
 
-def test_bad_magic_names_the_file(tmp_path):
-    channel = _channel(tmp_path)
-    path = channel / "imgs"
-    raw = bytearray(path.read_bytes())
-    raw[0:4] = b"\x89PNG"
-    path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"imgs: not an IDX file \(bad magic number 89504e47"):
-        data.read_channel(channel)
+# file -> (gzip-compressed channel, file changed, change, the reason's pattern)
+CORRUPT_FILES = {
+    "bad magic": (False, "imgs", lambda raw: b"\x89PNG" + raw[4:],
+                  r"imgs: not an IDX file \(bad magic number 89504e47"),
+    "unknown type code": (False, "lbls", lambda raw: b"\x00\x00\x07\x03" + raw[4:], "lbls: not an IDX file"),
+    "no dimensions": (False, "lbls", lambda raw: b"\x00\x00\x08\x00" + raw[4:], "lbls: not an IDX file"),
+    "second byte not zero": (False, "lbls", lambda raw: b"\x00\x01\x08\x03" + raw[4:], "lbls: not an IDX file"),
+    "empty file": (False, "zero", lambda raw: b"", "zero: not an IDX file .*empty"),
+    "truncated data": (False, "imgs", lambda raw: raw[:-100],
+                       r"imgs: IDX data has \d+ bytes but its header \(20, 28, 28\) needs 15680"),
+    "trailing garbage": (False, "lbls", lambda raw: raw + b"\x00\x01", "lbls: .*truncated or corrupt"),
+    "truncated header": (False, "imgs", lambda raw: b"\x00\x00\x08\x03\x00\x00\x00\x14", "imgs: truncated IDX header"),
+    "truncated gzip": (True, "imgs", lambda raw: raw[: len(raw) // 2], "imgs: gzip data is corrupt or truncated"),
+}
 
 
-@pytest.mark.parametrize("first_bytes", [b"\x00\x00\x07\x03", b"\x00\x00\x08\x00", b"\x00\x01\x08\x03"])
-def test_bad_type_code_or_dimensions(tmp_path, first_bytes):
-    channel = _channel(tmp_path)
-    path = channel / "lbls"
-    path.write_bytes(first_bytes + path.read_bytes()[4:])
-    with pytest.raises(DataError, match="lbls: not an IDX file"):
-        data.read_channel(channel)
-
-
-def test_empty_file_is_not_idx(tmp_path):
-    channel = _channel(tmp_path)
-    (channel / "zero").write_bytes(b"")
-    with pytest.raises(DataError, match="zero: not an IDX file .*empty"):
-        data.read_channel(channel)
-
-
-def test_truncated_data(tmp_path):
-    channel = _channel(tmp_path)
-    path = channel / "imgs"
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match=r"imgs: IDX data has \d+ bytes but its header \(20, 28, 28\) needs 15680"):
-        data.read_channel(channel)
-
-
-def test_trailing_garbage_is_corrupt_too(tmp_path):
-    channel = _channel(tmp_path)
-    path = channel / "lbls"
-    path.write_bytes(path.read_bytes() + b"\x00\x01")
-    with pytest.raises(DataError, match="lbls: .*truncated or corrupt"):
-        data.read_channel(channel)
-
-
-def test_truncated_header(tmp_path):
-    channel = _channel(tmp_path)
-    (channel / "imgs").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x14")
-    with pytest.raises(DataError, match="imgs: truncated IDX header"):
-        data.read_channel(channel)
-
-
-def test_truncated_gzip(tmp_path):
-    channel = _channel(tmp_path, gz=True)
-    path = channel / "imgs"
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="imgs: gzip data is corrupt or truncated"):
+@pytest.mark.parametrize("case", list(CORRUPT_FILES))
+def test_a_corrupt_file_is_named_with_what_is_wrong(tmp_path, case):
+    gz, name, change, reason = CORRUPT_FILES[case]
+    channel = _channel(tmp_path, gz=gz)
+    path = channel / name
+    path.write_bytes(change(path.read_bytes() if path.exists() else b""))
+    with pytest.raises(DataError, match=reason):
         data.read_channel(channel)
 
 
@@ -251,10 +200,8 @@ def test_negative_labels_are_refused(tmp_path):
 def test_image_files_of_different_sizes_in_one_channel(tmp_path):
     a, la = digits(5, size=28)
     b, lb = digits(6, size=14)
-    write_idx(tmp_path / "ch" / "a", a)
-    write_idx(tmp_path / "ch" / "al", la)
-    write_idx(tmp_path / "ch" / "b", b)
-    write_idx(tmp_path / "ch" / "bl", lb)
+    for name, array in {"a": a, "al": la, "b": b, "bl": lb}.items():
+        write_idx(tmp_path / "ch" / name, array)
     with pytest.raises(DataError, match="differ in shape"):
         data.read_channel(tmp_path / "ch")
 

@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 
 from mxnet_byoc.train import hyperparameters as hp
-from mxnet_byoc.train.hyperparameters import HyperparameterError, parse
+from mxnet_byoc.train.hyperparameters import HyperparameterError, Hyperparameters, parse
 
 
 def test_empty_map_gives_the_documented_defaults():
     values = parse({})
-    assert values == hp.defaults()
-    assert values["model"] == "cnn"
-    assert set(values) == {s.name for s in hp.SPECS}
+    assert values == Hyperparameters()
+    assert values.model == "cnn" and values.batch_size == 128 and values.augment is True
+    assert set(values.as_dict()) == {s.name for s in hp.SPECS}
+
+
+def test_the_specs_are_the_typed_fields():
+    # One spec: every field of Hyperparameters is a row of SPECS with the field's type and default.
+    fields = dataclasses.fields(Hyperparameters)
+    assert [s.name for s in hp.SPECS] == [f.name for f in fields]
+    defaults = Hyperparameters()
+    for spec in hp.SPECS:
+        assert spec.type in (int, float, bool, str)
+        assert type(getattr(defaults, spec.name)) is spec.type, spec.name
+        assert spec.default == getattr(defaults, spec.name)
+
+
+def test_hyperparameters_are_frozen_and_checked_when_built():
+    values = Hyperparameters(model="MLP", epochs="3")
+    assert (values.model, values.epochs) == ("mlp", 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        values.epochs = 4  # type: ignore[misc]
+    with pytest.raises(HyperparameterError, match="'momentum'.*1.5"):
+        Hyperparameters(momentum=1.5)
+    with pytest.raises(HyperparameterError, match="'momentum'.*1.5"):
+        dataclasses.replace(values, momentum=1.5)
+
+
+def test_as_dict_is_the_json_object_metadata_records():
+    values = parse({"epochs": "2", "model": "mlp", "augment": "False"})
+    recorded = json.loads(json.dumps(values.as_dict()))
+    assert recorded == {**{s.name: s.default for s in hp.SPECS}, "epochs": 2, "model": "mlp", "augment": False}
+    assert Hyperparameters(**recorded) == values
 
 
 @pytest.mark.parametrize("spec", hp.SPECS, ids=lambda s: s.name)
 def test_every_default_passes_its_own_validation(spec):
     # The default written back as the generic Estimator would send it must read back unchanged.
     text = str(spec.default)
-    assert parse({spec.name: text})[spec.name] == spec.default
+    assert getattr(parse({spec.name: text}), spec.name) == spec.default
 
 
 @pytest.mark.parametrize(
@@ -55,14 +86,14 @@ def test_every_default_passes_its_own_validation(spec):
     ],
 )
 def test_raw_and_json_encoded_values_parse_alike(name, raw, expected):
-    value = parse({name: raw})[name]
+    value = getattr(parse({name: raw}), name)
     assert value == expected
     assert type(value) is type(expected)
 
 
 def test_dashes_count_as_underscores():
     values = parse({"batch-size": "64", "learning-rate": "0.01", "validation-fraction": "0.2"})
-    assert (values["batch_size"], values["learning_rate"], values["validation_fraction"]) == (64, 0.01, 0.2)
+    assert (values.batch_size, values.learning_rate, values.validation_fraction) == (64, 0.01, 0.2)
 
 
 def test_reserved_sagemaker_names_are_ignored():
@@ -75,7 +106,7 @@ def test_reserved_sagemaker_names_are_ignored():
         "epochs": "2",
     }
     values = parse(raw)
-    assert values == {**hp.defaults(), "epochs": 2}
+    assert values == Hyperparameters(epochs=2)
 
 
 def test_unknown_name_is_rejected_with_name_value_and_known_names():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from byoctl import mnist
+from byoctl.kit import datasets
+from byoctl.kit.net import free_port
 
 
 class _Mirror:
@@ -75,10 +76,7 @@ def corrupt(serve) -> _Mirror:
 
 
 def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mnist/"
+    return f"http://127.0.0.1:{free_port()}/mnist/"
 
 
 def _assert_complete(folder: Path) -> None:
@@ -178,3 +176,64 @@ def test_without_mnist_dir_it_downloads_into_the_cache(
     monkeypatch.delenv("MNIST_DIR", raising=False)
     assert mnist.ensure(tmp_path / "cache", [good.url], log=lambda _: None) == tmp_path / "cache"
     _assert_complete(tmp_path / "cache")
+
+
+# -- where tests find MNIST (the mnist_dir fixture): MNIST_DIR, else ../shared/mnist, else the cache -----
+
+def _shared_copy(folder: Path, mnist_dir: Path, names=mnist.FILES) -> Path:
+    folder.mkdir()
+    for name in names:
+        (folder / name).symlink_to(mnist_dir / name)
+    return folder
+
+
+def test_find_mnist_takes_mnist_dir_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path,
+                                          good: _Mirror) -> None:
+    monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
+    shared = _shared_copy(tmp_path / "shared", mnist_dir)
+    assert datasets.find_mnist(shared, tmp_path / "cache", [good.url]) == mnist_dir
+    assert good.requests == [] and not (tmp_path / "cache").exists()
+
+
+def test_find_mnist_takes_the_shared_copy_without_fetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           mnist_dir: Path, good: _Mirror) -> None:
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    shared = _shared_copy(tmp_path / "shared", mnist_dir)
+    assert datasets.find_mnist(shared, tmp_path / "cache", [good.url]) == shared
+    assert good.requests == [] and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("shared_files", [(), mnist.FILES[:3]], ids=["absent", "incomplete"])
+def test_find_mnist_fetches_into_the_cache_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                mnist_dir: Path, good: _Mirror, shared_files) -> None:
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    shared = _shared_copy(tmp_path / "shared", mnist_dir, shared_files) if shared_files else tmp_path / "none"
+    cache = tmp_path / "cache"
+    logged: list[str] = []
+    assert datasets.find_mnist(shared, cache, [good.url], log=logged.append) == cache
+    _assert_complete(cache)
+    assert sorted(good.requests) == sorted(f"/mnist/{name}" for name in mnist.FILES)
+    assert f"MNIST is not in {shared}" in logged[0]
+    good.requests.clear()  # the next session finds the cache valid and fetches nothing
+    assert datasets.find_mnist(shared, cache, [good.url], log=logged.append) == cache
+    assert good.requests == []
+
+
+def test_mnist_mirrors_replaces_the_public_mirrors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  good: _Mirror) -> None:
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setenv("MNIST_MIRRORS", f"http://127.0.0.1:9/nothing/ {good.url}")
+    assert mnist.configured_mirrors() == ("http://127.0.0.1:9/nothing/", good.url)
+    assert datasets.find_mnist(tmp_path / "none", tmp_path / "cache", log=lambda _: None) == tmp_path / "cache"
+    _assert_complete(tmp_path / "cache")
+    assert len(good.requests) == 4
+    monkeypatch.setenv("MNIST_MIRRORS", " ")
+    assert mnist.configured_mirrors() == mnist.MIRRORS
+
+
+def test_find_mnist_with_nothing_to_fetch_from_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               corrupt: _Mirror) -> None:
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    with pytest.raises(mnist.MnistError, match="set MNIST_DIR to their folder, or set MNIST_MIRRORS"):
+        datasets.find_mnist(tmp_path / "none", tmp_path / "cache", [corrupt.url], log=lambda _: None)
+    assert list((tmp_path / "cache").iterdir()) == []

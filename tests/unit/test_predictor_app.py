@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 from PIL import Image
 from serving_models import export_indicator_model, image_of
 
+from byoctl.kit.bodies import npy
+from byoctl.kit.waiting import wait_until
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import settings
@@ -43,12 +44,6 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def client(model_dir):
     return ready_app(model_dir).test_client()
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def labels_of(response) -> list:
@@ -131,15 +126,6 @@ def test_custom_attributes_and_unknown_headers_are_ignored(client):
     assert labels_of(response) == [4]
 
 
-def eventually(check, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def error_of(response, status: int) -> str:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
@@ -210,7 +196,7 @@ def test_a_server_error_is_500_logged_and_the_app_goes_on(model_dir, caplog, mon
 
 def test_without_a_model_ping_and_invocations_are_503_with_the_reason(tmp_path):
     client = predictor.create_app(tmp_path / "model", config()).test_client()
-    assert eventually(lambda: "does not exist" in error_of(client.get("/ping"), 503))
+    wait_until(lambda: "does not exist" in error_of(client.get("/ping"), 503), what="503 naming the folder")
     for response in (client.get("/ping"),
                      client.post("/invocations", data=npy(image_of(1)), content_type="application/x-npy")):
         message = error_of(response, 503)
@@ -220,7 +206,7 @@ def test_without_a_model_ping_and_invocations_are_503_with_the_reason(tmp_path):
 def test_a_model_that_appears_later_is_loaded(tmp_path, model_dir):
     app = predictor.create_app(tmp_path / "model", config())
     client = app.test_client()
-    assert eventually(lambda: "does not exist" in error_of(client.get("/ping"), 503))
+    wait_until(lambda: "does not exist" in error_of(client.get("/ping"), 503), what="503 naming the folder")
     shutil.copytree(model_dir, tmp_path / "incoming")
     (tmp_path / "incoming").rename(tmp_path / "model")
     assert app.extensions[predictor.LOADER_KEY].wait(15)
@@ -245,7 +231,7 @@ def test_an_unusable_model_is_503_with_a_reason(tmp_path, model_dir, breakage, f
     breakage(broken)
     app = predictor.create_app(broken, config())
     loader = app.extensions[predictor.LOADER_KEY]
-    assert eventually(lambda: "no usable model" in loader.reason)
+    wait_until(lambda: "no usable model" in loader.reason, what="the reason")
     assert loader.handler is None
     assert fragment in error_of(app.test_client().get("/ping"), 503)
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ReasonError
+
 log = logging.getLogger(__name__)
 
 KEEP = 2  # the newest two, so a checkpoint torn by a kill still leaves a good one behind
 
 
-class CheckpointError(Exception):
+class CheckpointError(ReasonError):
     """The checkpoint folder cannot be written; the message says where and why."""
 
 

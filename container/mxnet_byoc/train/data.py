@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ReasonError
+
 log = logging.getLogger(__name__)
 
 IDX_TYPES = {
@@ -34,7 +36,7 @@ IGNORED_SUFFIXES = (".md", ".txt", ".json", ".csv", ".sums")
 IGNORED_NAME_ENDINGS = ("sums",)  # SHA256SUMS, MD5SUMS: checksum lists have no suffix
 
 
-class DataError(Exception):
+class DataError(ReasonError):
     """A channel's content cannot be used; the message names the channel or file and what is wrong."""
 
 

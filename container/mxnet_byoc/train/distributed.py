@@ -25,6 +25,7 @@ from .environment import Resources, TrainingError
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 2.0
+RUNNING, DONE = b"R", b"D"  # what a host's heartbeat port answers
 _PR_SET_PDEATHSIG = 1
 
 
@@ -133,6 +134,7 @@ class Watchdog:
         self.cluster, self.servers, self.timeout, self.on_failure = cluster, servers, timeout, on_failure
         self.port = cluster.port + 1
         self._stop = threading.Event()
+        self._done = threading.Event()  # this host's work is over: its heartbeat answers say so
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Bound to this host's own address, so that several "hosts" can share one machine in tests.
@@ -147,14 +149,48 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait_for_peers(self, timeout: float) -> None:
+        """Until every peer answers once (this host answers from construction on): hosts that start minutes
+        apart (a user's requirements.txt to install first) then get the usual `timeout` from here on."""
+        me = self.cluster.resources.current_host
+        waiting = [h for h in self.cluster.resources.hosts if h != me]
+        deadline = time.monotonic() + timeout
+        while waiting:
+            waiting = [h for h in waiting if not self._alive(self.cluster.addresses[h])]
+            if waiting and time.monotonic() > deadline:
+                raise TrainingError(f"hosts {waiting} did not come up within {timeout:.0f} s")
+            if waiting:
+                time.sleep(HEARTBEAT_INTERVAL / 2)
+
+    def finish_together(self, should_stop: Callable[[], bool]) -> None:
+        """This host is done (its heartbeat answers now say so, and it stops watching); return when every
+        peer is done too, or gone, or `should_stop()`. SDK local mode stops every host as soon as the first
+        container exits: a host that left early would cut short one that is still saving its model."""
+        self._done.set()
+        me = self.cluster.resources.current_host
+        waiting = [h for h in self.cluster.resources.hosts if h != me]
+        while waiting and not should_stop():
+            waiting = [h for h in waiting if self._state(self.cluster.addresses[h]) == RUNNING]
+            if waiting:
+                time.sleep(HEARTBEAT_INTERVAL / 4)
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
-                conn.close()
+                with conn:
+                    conn.sendall(DONE if self._done.is_set() else RUNNING)
             except OSError:
                 continue
         self._listener.close()
+
+    def _state(self, address: str) -> bytes:
+        """RUNNING or DONE as the peer answers; b"" when it does not answer (gone)."""
+        try:
+            with socket.create_connection((address, self.port), timeout=HEARTBEAT_INTERVAL) as conn:
+                return conn.recv(1)
+        except OSError:
+            return b""
 
     def _alive(self, address: str) -> bool:
         try:
@@ -167,7 +203,7 @@ class Watchdog:
         me = self.cluster.resources.current_host
         peers = [h for h in self.cluster.resources.hosts if h != me]
         last_seen = {h: time.monotonic() for h in peers}  # the start-up grace is one timeout too
-        while not self._stop.wait(HEARTBEAT_INTERVAL):
+        while not self._stop.wait(HEARTBEAT_INTERVAL) and not self._done.is_set():
             local = self.servers.failed()
             if local:
                 self._fail(f"{local}; failing the job instead of hanging")
@@ -182,7 +218,7 @@ class Watchdog:
                     return
 
     def _fail(self, reason: str) -> None:
-        if not self._stop.is_set():
+        if not self._stop.is_set() and not self._done.is_set():
             self.on_failure(reason)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import modeldir
+from ..errors import ReasonError
 from . import hyperparameters
 
-CONTEXTS = "MXNET_BYOC_CONTEXTS"  # e.g. "cpu(0),cpu(1)" or "gpu(0),gpu(1)"; overrides detection
 TRAINING_JOB_NAME = "TRAINING_JOB_NAME"
 
 TRAINING_CHANNEL = "training"
@@ -24,11 +24,11 @@ VALIDATION_CHANNELS = ("test", "validation")
 FAILURE_LIMIT = 1024  # SageMaker keeps this many characters of output/failure as FailureReason
 
 
-class ContractError(Exception):
+class ContractError(ReasonError):
     """The job's configuration cannot be honoured; the message is the job's failure reason."""
 
 
-class TrainingError(Exception):
+class TrainingError(ReasonError):
     """Training cannot go on; the message is the job's failure reason."""
 
 
@@ -102,7 +102,7 @@ class Resources:
 @dataclass
 class TrainingEnv:
     paths: Paths
-    hyperparameters: dict[str, Any]
+    hyperparameters: hyperparameters.Hyperparameters
     channels: dict[str, Channel]
     resources: Resources
     checkpoint_dir: Path

@@ -9,7 +9,6 @@ cost microseconds instead of MXNet's 25-250 us per elementwise op on this class 
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import mxnet as mx
@@ -17,9 +16,9 @@ import numpy as np
 from mxnet.base import _LIB, check_call
 
 
-def available(contexts: list[mx.Context]) -> bool:
-    naive = os.environ.get("MXNET_ENGINE_TYPE") == "NaiveEngine"
-    return naive and all(c.device_type == "cpu" for c in contexts)
+def available(contexts: list[mx.Context], naive_engine: bool) -> bool:
+    """`naive_engine`: MXNet was imported under the NaiveEngine (runtime.Runtime.naive_engine)."""
+    return naive_engine and all(c.device_type == "cpu" for c in contexts)
 
 
 def view(array: mx.nd.NDArray) -> np.ndarray:

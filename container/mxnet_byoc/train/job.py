@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, modeldir
-from . import environment
-from .environment import ContractError, Stopped, TrainingEnv, TrainingError
-from .hyperparameters import HyperparameterError
+from ..errors import ReasonError
+from . import environment, runtime
+from .environment import ContractError, Stopped, TrainingEnv
 
 log = logging.getLogger("mxnet_byoc")
 
@@ -41,22 +41,6 @@ class _StopFlag:
         os.write(2, b"WARNING: SIGTERM received: stopping after the current step and writing a checkpoint\n")
 
 
-def _configure_runtime(env: TrainingEnv) -> None:
-    """Engine and thread settings must be in the environment before MXNet is imported."""
-    spec = os.environ.get(environment.CONTEXTS) or env.hyperparameters["contexts"]
-    wants_gpu = "gpu" in spec.lower() or (not spec and Path("/dev/nvidia0").exists())
-    # On the CPU a small network's step is mostly framework overhead; the naive (synchronous) engine
-    # cuts it. GPUs and parameter servers need the threaded engine's asynchrony.
-    if not wants_gpu and not env.resources.distributed:
-        os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
-    # Every core: a training instance is not shared (2 threads ran the cnn 1.8x and the mlp 1.5x faster than
-    # one here). Where other busy processes share the cores, OpenMP's spinning barriers make that 2-8x
-    # SLOWER than one thread: set OMP_NUM_THREADS=1 there (README, "Devices").
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-    os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
-    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-
-
 def _check_writable(directory: Path, what: str) -> None:
     """Fail before training, not after an hour of it, when an output folder cannot be written."""
     try:
@@ -77,24 +61,11 @@ def _load_data(env: TrainingEnv):
         val = data.read_channel(env.validation.path, classes=train.classes)
         val_name = env.validation.name
     else:
-        train, val = data.split(train, hps["validation_fraction"], hps["seed"])
-        val_name = f"{hps['validation_fraction']:.0%} of training"
+        train, val = data.split(train, hps.validation_fraction, hps.seed)
+        val_name = f"{hps.validation_fraction:.0%} of training"
     if train.input_shape != val.input_shape:
         raise data.DataError(f"validation images are {val.input_shape} but training images are {train.input_shape}")
     return train, val, val_name
-
-
-def _contexts(env: TrainingEnv):
-    from . import loop as training
-
-    spec = os.environ.get(environment.CONTEXTS) or env.hyperparameters["contexts"]
-    if spec:
-        try:
-            return training.parse_contexts(spec)
-        except ValueError as e:
-            source = environment.CONTEXTS if os.environ.get(environment.CONTEXTS) else "hyperparameter 'contexts'"
-            raise HyperparameterError(f"{source}: {e}") from e
-    return training.detect_contexts()
 
 
 def _confusion(labels, predictions, classes: list[Any]) -> dict[str, Any]:
@@ -118,8 +89,10 @@ def _abort(paths: environment.Paths, reason: str, servers: Any) -> None:
 def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
     """Train and write artifacts; returns the final metrics."""
     started = time.time()
-    _configure_runtime(env)
     res, hps = env.resources, env.hyperparameters
+    rt = runtime.resolve(hps, res.distributed)
+    runtime.apply(rt)  # before MXNet is imported
+    log.info("runtime: %s", rt.describe())
     if res.is_master:
         _check_writable(env.paths.model, "model")
         _check_writable(env.paths.output_data, "output data")
@@ -128,10 +101,10 @@ def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
     if res.distributed:
         from . import distributed
 
-        cluster = distributed.Cluster(res, distributed.resolve(res.hosts, hps["peer_timeout"]), hps["ps_port"])
+        cluster = distributed.Cluster(res, distributed.resolve(res.hosts, hps.peer_timeout), hps.ps_port)
         servers = distributed.ParameterServers(cluster)
         servers.start()
-        watchdog = distributed.Watchdog(cluster, servers, hps["peer_timeout"],
+        watchdog = distributed.Watchdog(cluster, servers, hps.peer_timeout,
                                         on_failure=lambda reason: _abort(env.paths, reason, servers))
         watchdog.start()
     try:
@@ -142,7 +115,7 @@ def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
             print(f"joined cluster: kvstore=dist_sync rank={kvstore.rank} workers={kvstore.num_workers} "
                   f"servers={len(res.hosts)} host={res.current_host} hosts={','.join(res.hosts)} "
                   f"scheduler={cluster.root}:{cluster.port}", flush=True)
-        final = _train(env, should_stop, kvstore, started)
+        final = _train(env, rt, should_stop, kvstore, started)
         if kvstore is not None:
             # SDK local mode shares one model folder and stops every container when the first exits:
             # nobody leaves before the first host has written the model.
@@ -157,24 +130,22 @@ def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
             servers.stop()
 
 
-def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[str, Any]:
+def _train(env: TrainingEnv, rt: runtime.Runtime, should_stop, kvstore: Any, started: float) -> dict[str, Any]:
     import mxnet as mx
     import numpy as np
 
-    from . import data, metrics
-    from . import loop as training
+    from . import data, loop, metrics
 
-    res = env.resources
-    contexts = _contexts(env)
+    res, hps = env.resources, env.hyperparameters
+    contexts = rt.contexts()
     train, val, val_name = _load_data(env)
     if kvstore is not None and env.training.distribution == "FullyReplicated":
         # By position in resourceconfig.json, not ps-lite's rank (IP order): a resumed job keeps its shard.
-        train = data.shard(train, res.rank, len(res.hosts), env.hyperparameters["seed"])
-    cfg = training.Config.from_hyperparameters(env.hyperparameters)
+        train = data.shard(train, res.rank, len(res.hosts), hps.seed)
     log.info("training %s on %d images %s, validating on %d (%s), classes %s, devices %s",
-             cfg.model, len(train), train.input_shape, len(val), val_name, train.classes, contexts)
-    trainer, result = training.fit(
-        cfg, train, val, contexts, kvstore=kvstore,
+             hps.model, len(train), train.input_shape, len(val), val_name, train.classes, contexts)
+    trainer, result = loop.fit(
+        hps, train, val, contexts, naive_engine=rt.naive_engine, kvstore=kvstore,
         checkpoint_dir=env.checkpoint_dir, host=res.current_host,
         should_stop=should_stop, emit=lambda line: print(line, flush=True),
     )
@@ -182,7 +153,7 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
         val_loss, val_acc = result.final["validation_loss"], result.final["validation_accuracy"]
         predictions = result.predictions
     else:  # every epoch was done before a restart: evaluate the restored weights once
-        val_loss, val_acc, predictions = trainer.evaluate(training.to_device(val, contexts[0])[0], val.labels)
+        val_loss, val_acc, predictions = trainer.evaluate(loop.to_device(val, contexts[0])[0], val.labels)
     final = {**result.final, "validation_loss": val_loss, "validation_accuracy": val_acc}
     if env.validation is not None and env.validation.name == "test":
         final["test_accuracy"] = val_acc
@@ -192,13 +163,14 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
     if res.is_master:
         symbol, args, aux = trainer.export()
         modeldir.save(symbol, args, aux, env.paths.model, train.input_shape, train.classes, {
-            "model": cfg.model,
-            "hyperparameters": env.hyperparameters,
+            "model": hps.model,
+            "hyperparameters": hps.as_dict(),
             "metrics": final,
             "history": result.history,
             "num_parameters": trainer.num_params,
             "training": {"job_name": env.job_name, "hosts": res.hosts,
-                         "devices": [str(c) for c in contexts], "train_records": len(train),
+                         "devices": [str(c) for c in contexts], "global_batch": trainer.global_batch,
+                         "device_batch": trainer.device_batch, "train_records": len(train),
                          "validation_records": len(val)},
             "versions": {"mxnet_byoc": __version__, "mxnet": mx.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
@@ -211,11 +183,7 @@ def _train(env: TrainingEnv, should_stop, kvstore: Any, started: float) -> dict[
 
 
 def _reason(exc: BaseException) -> str:
-    from . import checkpoints, data
-
-    known = (ContractError, TrainingError, HyperparameterError, data.DataError, checkpoints.CheckpointError,
-             modeldir.ModelDirError)
-    if isinstance(exc, known):
+    if isinstance(exc, ReasonError):
         return str(exc)
     if isinstance(exc, Stopped):
         return f"Training job stopped: {exc}"
@@ -231,6 +199,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .script import runner as script_mode
+
+    if script_mode.requested(modeldir.base_dir()):
+        return script_mode.main()  # the user's own script (entry_point), not the built-in model
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flag = _StopFlag()
@@ -247,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         stopped = isinstance(exc, Stopped)
         environment.write_failure(paths, reason, None if stopped else exc)
         print(f"ERROR: {reason}", file=sys.stderr, flush=True)
-        if not stopped and not isinstance(exc, (ContractError, HyperparameterError)):
-            log.debug("traceback", exc_info=exc)
         return EXIT_STOPPED if stopped else EXIT_FAILED
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,65 +23,16 @@ import numpy as np
 from . import checkpoints, data, distributed, hostpath, metrics, models
 from .data import Dataset
 from .environment import Stopped, TrainingError
+from .hyperparameters import Hyperparameters
 
 log = logging.getLogger(__name__)
 
-_CONTEXT = re.compile(r"^\s*(cpu|gpu)\s*\(\s*(\d+)\s*\)\s*$", re.IGNORECASE)
 EVAL_BATCH = 1000
-
-
-def parse_contexts(spec: str) -> list[mx.Context]:
-    """'cpu(0),cpu(1)' or 'gpu(0), gpu(1)' -> contexts; ValueError naming the bad part."""
-    contexts = []
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        m = _CONTEXT.match(part)
-        if not m:
-            raise ValueError(f"cannot read device {part.strip()!r}: expected cpu(N) or gpu(N), comma-separated")
-        contexts.append(mx.Context(m.group(1).lower(), int(m.group(2))))
-    if not contexts:
-        raise ValueError(f"no device in {spec!r}")
-    return contexts
-
-
-def detect_contexts() -> list[mx.Context]:
-    """Every GPU, else the CPU; a GPU image on a machine without a GPU falls back with a warning."""
-    try:
-        count = mx.context.num_gpus()
-    except mx.base.MXNetError as e:  # a CUDA build without a usable driver
-        log.warning("no usable GPU (%s): training on the CPU", str(e).splitlines()[0][:200])
-        count = 0
-    if count == 0 and mx.runtime.Features().is_enabled("CUDA"):
-        log.warning("this is the GPU image but no GPU is visible: training on the CPU, which is much slower")
-    return [mx.gpu(i) for i in range(count)] or [mx.cpu()]
-
-
-@dataclass
-class Config:
-    model: str = "cnn"
-    epochs: int = 12
-    batch_size: int = 128
-    learning_rate: float = 0.003
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    wd: float = 0.0
-    lr_schedule: str = "onecycle"
-    warmup_fraction: float = 0.2
-    augment: bool = True
-    hidden_units: int = 256
-    seed: int = 42
-    log_interval: int = 100
-
-    @classmethod
-    def from_hyperparameters(cls, hps: dict[str, Any]) -> Config:
-        return cls(**{k: hps[k] for k in cls.__dataclass_fields__ if k in hps})
 
 
 @dataclass
 class Result:
     history: list[dict[str, float]] = field(default_factory=list)
-    resumed_from: int | None = None
     predictions: np.ndarray | None = None  # on the validation set, after the last epoch trained here
 
     @property
@@ -90,16 +40,23 @@ class Result:
         return self.history[-1] if self.history else {}
 
 
-def learning_rate(cfg: Config, update: int, total: int) -> float:
+def device_batch(batch_size: int, devices: int, workers: int) -> int:
+    """Images per device and step: `batch_size` shared out over every device of every host, or the nearest
+    whole share (at least one) when it does not divide evenly, so that any batch size suits any cluster."""
+    per_step = devices * workers
+    return max(1, (2 * batch_size + per_step) // (2 * per_step))
+
+
+def learning_rate(hps: Hyperparameters, update: int, total: int) -> float:
     """One-cycle: linear warm-up from lr/25 to lr, then cosine decay to 0; or constant."""
-    if cfg.lr_schedule == "constant" or total <= 1:
-        return cfg.learning_rate
-    warm = int(total * cfg.warmup_fraction)
+    if hps.lr_schedule == "constant" or total <= 1:
+        return hps.learning_rate
+    warm = int(total * hps.warmup_fraction)
     if update < warm:
-        start = cfg.learning_rate / 25
-        return start + (cfg.learning_rate - start) * update / warm
+        start = hps.learning_rate / 25
+        return start + (hps.learning_rate - start) * update / warm
     progress = (update - warm) / max(1, total - warm)
-    return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return hps.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class Optimizer:
@@ -110,45 +67,45 @@ class Optimizer:
 
     BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
-    def __init__(self, cfg: Config, weights: mx.nd.NDArray, rescale: float, host: bool = False):
-        self.cfg, self.weights, self.rescale = cfg, weights, rescale
+    def __init__(self, hps: Hyperparameters, weights: mx.nd.NDArray, rescale: float, host: bool = False):
+        self.hps, self.weights, self.rescale = hps, weights, rescale
         ctx, n = weights.context, weights.shape[0]
-        if cfg.optimizer == "adam":
+        if hps.optimizer == "adam":
             self.states = [mx.nd.zeros(n, ctx=ctx), mx.nd.zeros(n, ctx=ctx)]
-        elif cfg.optimizer == "nesterov" or cfg.momentum > 0:
+        elif hps.optimizer == "nesterov" or hps.momentum > 0:
             self.states = [mx.nd.zeros(n, ctx=ctx)]
         else:
             self.states = []
-        self.host = host and cfg.optimizer == "sgd"
+        self.host = host and hps.optimizer == "sgd"
         if self.host:
             self._w = hostpath.view(weights)
             self._mom = hostpath.view(self.states[0]) if self.states else None
 
     def update(self, grads: mx.nd.NDArray, lr: float, t: int, host_grads=None) -> None:
-        cfg, w = self.cfg, self.weights
+        hps, w = self.hps, self.weights
         if self.host and host_grads is not None:
             # MXNet's sgd(_mom)_update semantics: g' = rescale * g + wd * w; mom = m * mom - lr * g'; w += mom
             if self._mom is None:
-                hostpath.axpby(-lr * self.rescale, host_grads, 1.0 - lr * cfg.wd, self._w)
+                hostpath.axpby(-lr * self.rescale, host_grads, 1.0 - lr * hps.wd, self._w)
             else:
-                hostpath.axpby(-lr * self.rescale, host_grads, cfg.momentum, self._mom)
-                if cfg.wd:
-                    hostpath.axpby(-lr * cfg.wd, self._w, 1.0, self._mom)
+                hostpath.axpby(-lr * self.rescale, host_grads, hps.momentum, self._mom)
+                if hps.wd:
+                    hostpath.axpby(-lr * hps.wd, self._w, 1.0, self._mom)
                 hostpath.axpby(1.0, self._mom, 1.0, self._w)
-        elif cfg.optimizer == "adam":
+        elif hps.optimizer == "adam":
             # MXNet's adam_update leaves bias correction to the caller (as Gluon's Adam does).
             lr = lr * math.sqrt(1 - self.BETA2 ** t) / (1 - self.BETA1 ** t)
-            mx.nd.adam_update(w, grads, self.states[0], self.states[1], lr=lr, wd=cfg.wd,
+            mx.nd.adam_update(w, grads, self.states[0], self.states[1], lr=lr, wd=hps.wd,
                               rescale_grad=self.rescale, beta1=self.BETA1, beta2=self.BETA2,
                               epsilon=self.EPS, out=w)
-        elif cfg.optimizer == "nesterov":
-            mx.nd.nag_mom_update(w, grads, self.states[0], lr=lr, momentum=cfg.momentum, wd=cfg.wd,
+        elif hps.optimizer == "nesterov":
+            mx.nd.nag_mom_update(w, grads, self.states[0], lr=lr, momentum=hps.momentum, wd=hps.wd,
                                  rescale_grad=self.rescale, out=w)
         elif self.states:
-            mx.nd.sgd_mom_update(w, grads, self.states[0], lr=lr, momentum=cfg.momentum, wd=cfg.wd,
+            mx.nd.sgd_mom_update(w, grads, self.states[0], lr=lr, momentum=hps.momentum, wd=hps.wd,
                                  rescale_grad=self.rescale, out=w)
         else:
-            mx.nd.sgd_update(w, grads, lr=lr, wd=cfg.wd, rescale_grad=self.rescale, out=w)
+            mx.nd.sgd_update(w, grads, lr=lr, wd=hps.wd, rescale_grad=self.rescale, out=w)
 
 
 def _training_symbol(logits: mx.sym.Symbol) -> mx.sym.Symbol:
@@ -254,21 +211,20 @@ class _EpochFeeder:
 class Trainer:
     """Owns the replicas, the optimizer and the exchange of gradients between devices and hosts."""
 
-    def __init__(self, cfg: Config, input_shape: tuple[int, ...], num_classes: int,
-                 contexts: list[mx.Context], kvstore: Any = None):
-        self.cfg, self.contexts, self.kvstore = cfg, contexts, kvstore
+    def __init__(self, hps: Hyperparameters, input_shape: tuple[int, ...], num_classes: int,
+                 contexts: list[mx.Context], kvstore: Any = None, naive_engine: bool = False):
+        self.hps, self.contexts, self.kvstore = hps, contexts, kvstore
         workers = kvstore.num_workers if kvstore is not None else 1
-        per_step = len(contexts) * workers
-        if cfg.batch_size % per_step:
-            raise TrainingError(
-                f"batch_size {cfg.batch_size} must be a multiple of the number of devices times hosts "
-                f"({len(contexts)} x {workers} = {per_step}) so that every device gets the same share"
-            )
-        self.device_batch = cfg.batch_size // per_step
+        self.device_batch = device_batch(hps.batch_size, len(contexts), workers)
         self.host_batch = self.device_batch * len(contexts)
-        mx.random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.net = models.build(cfg.model, num_classes, input_shape, cfg.hidden_units)
+        self.global_batch = self.host_batch * workers
+        if self.global_batch != hps.batch_size:
+            log.warning("batch_size %d does not divide evenly over %d devices x %d hosts: each device takes %d "
+                        "images per step, a global batch of %d", hps.batch_size, len(contexts), workers,
+                        self.device_batch, self.global_batch)
+        mx.random.seed(hps.seed)
+        np.random.seed(hps.seed)
+        self.net = models.build(hps.model, num_classes, input_shape, hps.hidden_units)
         self.net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=mx.cpu())
         self.net(mx.nd.zeros((1, *input_shape)))  # completes deferred shape inference
         self.logits = self.net(mx.sym.var("data"))
@@ -285,7 +241,7 @@ class Trainer:
         self.num_params = offset
         aux = {k: params[k].data() for k in self.aux_names}
         # Host mode needs synchronous execution and CPU memory; parameter servers need the threaded engine.
-        self.host = hostpath.available(contexts) and kvstore is None
+        self.host = hostpath.available(contexts, naive_engine) and kvstore is None
         self.replicas = [Replica(symbol, ctx, self.device_batch, input_shape, self.layout, aux, self.host)
                          for ctx in contexts]
         main = self.replicas[0]
@@ -298,7 +254,7 @@ class Trainer:
             kvstore.pull(0, out=main.weights)
             kvstore.init(1, mx.nd.zeros(self.num_params, ctx=main.ctx))
         self._broadcast()
-        self.optimizer = Optimizer(cfg, main.weights, rescale=1.0 / cfg.batch_size, host=self.host)
+        self.optimizer = Optimizer(hps, main.weights, rescale=1.0 / self.global_batch, host=self.host)
         self.updates = 0
 
     # -- state ------------------------------------------------------------------------------------
@@ -378,29 +334,33 @@ class Trainer:
         return loss, float((pred == labels).mean()), pred
 
 
-def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *,
-        kvstore: Any = None, checkpoint_dir: Any = None, host: str = "algo-1",
+def fit(hps: Hyperparameters, train: Dataset, val: Dataset, contexts: list[mx.Context], *,
+        naive_engine: bool = False, kvstore: Any = None, checkpoint_dir: Any = None, host: str = "algo-1",
         should_stop: Callable[[], bool] = lambda: False, emit: Callable[[str], None] = print) -> tuple[Trainer, Result]:
-    """Train, printing one metric line per epoch; resume from and write checkpoints when a folder is given."""
-    trainer = Trainer(cfg, train.input_shape, len(train.classes), contexts, kvstore)
+    """Train, printing one metric line per epoch; resume from and write checkpoints when a folder is given.
+    `naive_engine`: MXNet runs under the NaiveEngine (runtime.Runtime), which lets CPU devices take the host path."""
+    trainer = Trainer(hps, train.input_shape, len(train.classes), contexts, kvstore, naive_engine)
     steps = len(train) // trainer.host_batch
     if kvstore is not None:
         # dist_sync hangs when workers run different numbers of steps (apache/mxnet#7888).
         steps = distributed.agree_min(kvstore, steps)
     if steps == 0:
         raise TrainingError(f"{len(train)} training records are fewer than one batch of {trainer.host_batch}")
-    total = steps * cfg.epochs
+    total = steps * hps.epochs
     result = Result()
-    identity = {"model": cfg.model, "num_params": trainer.num_params, "steps_per_epoch": steps,
-                "batch_size": cfg.batch_size, "optimizer": cfg.optimizer}
+    identity = {"model": hps.model, "num_params": trainer.num_params, "steps_per_epoch": steps,
+                "batch_size": hps.batch_size, "optimizer": hps.optimizer}
     start_epoch, start_step = 0, 0
     if checkpoint_dir is not None:
         ckpt = checkpoints.load_latest(checkpoint_dir, host, identity)
         if kvstore is not None:
-            # Every host must resume at the same position: the oldest newest checkpoint among them.
+            # Every host must resume at the same position: the oldest newest checkpoint among them, or the
+            # start when any host has none (a replaced instance, a cleared folder).
             mine = ckpt.epoch * steps + ckpt.step if ckpt else 0
             agreed = distributed.agree_min(kvstore, mine, key=98)
-            if agreed != mine:
+            if agreed == 0:
+                ckpt = None
+            elif agreed != mine:
                 ckpt = checkpoints.load_latest(checkpoint_dir, host, identity, at_most=divmod(agreed, steps))
                 if ckpt is None or ckpt.epoch * steps + ckpt.step != agreed:
                     raise TrainingError(f"{host} has no checkpoint at the position the other hosts resume from "
@@ -410,7 +370,6 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
             trainer.updates = ckpt.updates
             start_epoch, start_step = ckpt.epoch, ckpt.step
             result.history = list(ckpt.info.get("history", []))
-            result.resumed_from = start_epoch
             emit(f"resumed from epoch {start_epoch} step {start_step}")
 
     def save(epoch: int, step: int) -> None:
@@ -422,9 +381,9 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
 
     val_x, _ = to_device(val, contexts[0])
     feeder = _EpochFeeder(train, contexts, steps, trainer.device_batch, trainer.host,
-                          augment=cfg.augment and cfg.model == "cnn")
-    for epoch in range(start_epoch, cfg.epochs):
-        views = feeder.epoch(np.random.RandomState(cfg.seed * 1000 + epoch))
+                          augment=hps.augment and hps.model == "cnn")
+    for epoch in range(start_epoch, hps.epochs):
+        views = feeder.epoch(np.random.RandomState(hps.seed * 1000 + epoch))
         for r in trainer.replicas:
             r.stats[:] = 0
         first = start_step if epoch == start_epoch else 0
@@ -435,12 +394,12 @@ def fit(cfg: Config, train: Dataset, val: Dataset, contexts: list[mx.Context], *
                 save(epoch, i)
                 raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {i}/{steps}; checkpoint written")
             t = epoch * steps + i
-            lr = learning_rate(cfg, t, total)
+            lr = learning_rate(hps, t, total)
             trainer.step([(xv[i][d], yv[i][d]) for d, (xv, yv) in enumerate(views)], lr)
-            if cfg.log_interval and (i + 1) % cfg.log_interval == 0:
+            if hps.log_interval and (i + 1) % hps.log_interval == 0:
                 s = sum(r.stats.asnumpy() for r in trainer.replicas)
                 seen = (i + 1 - first) * trainer.host_batch
-                emit(f"progress: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps} "
+                emit(f"progress: epoch {epoch + 1}/{hps.epochs} step {i + 1}/{steps} "
                      f"loss {s[0] / seen:.4f} accuracy {s[1] / seen:.4f} lr {lr:.5f}")
         mx.nd.waitall()
         elapsed = time.perf_counter() - tic

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Script mode: this image's own runner (mxnet_byoc/train/script/) against AWS's `sagemaker-training`
+toolkit, for the decision in README.md ("Your own script").
+
+    CPU_IMAGE=mxnet-byoc:cpu .venv/bin/python bench/script_toolkit_bench.py [--runs 5]
+
+Builds a variant of $CPU_IMAGE with the toolkit installed as an image would install it (one layer: a C
+compiler for its extension, pip, the compiler removed again; numpy held at the image's version), then:
+- sizes of both images;
+- start-up: from `docker run` to the first line of a trivial script, and the whole run, median of
+  --runs, for `train` (ours) and the toolkit's `train` (/opt/venv/bin/train), both in the variant image;
+- what each does with the same jobs: the SM_* variables and arguments (compared name by name), a script
+  that exits 3, one that raises, and `docker stop` (exit code, output/failure, seconds to stop).
+The variant's tag is $CPU_IMAGE-toolkit; it is left in place (remove it with `docker rmi`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLKIT = "sagemaker-training==5.1.4"
+DOCKERFILE = """
+ARG IMAGE
+FROM ${IMAGE}
+COPY docker/ca/ /tmp/extra-ca/
+RUN set -eu; apt-get update; \\
+    apt-get install -y --no-install-recommends gcc libc6-dev python3-dev; \\
+    cat /etc/ssl/certs/ca-certificates.crt /tmp/extra-ca/*.pem > /tmp/ca.pem 2>/dev/null || true; \\
+    /opt/venv/bin/python -m pip install --no-cache-dir --cert /tmp/ca.pem TOOLKIT numpy==1.23.5; \\
+    apt-get purge -y --auto-remove gcc libc6-dev python3-dev; apt-get clean; \\
+    rm -rf /var/lib/apt/lists/* /tmp/ca.pem /tmp/extra-ca
+""".replace("TOOLKIT", TOOLKIT)
+HYPERPARAMETERS = {
+    "sagemaker_program": '"train.py"', "sagemaker_submit_directory": '"/opt/ml/code"',
+    "sagemaker_container_log_level": "20", "sagemaker_job_name": '"bench"', "sagemaker_region": '"us-east-1"',
+    "sagemaker_parameter_server_enabled": "false", "batch-size": "100", "epochs": "2", "flag": "True",
+    "opts": '{"a": 1, "b": "x y"}', "note": '"two words"', "lr": "1e-3",
+}
+PRINT_ENV = """
+import json, os, sys, time
+print("first-line", time.time(), flush=True)
+with open("/opt/ml/output/data/seen.json", "w") as f:
+    json.dump({"argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith("SM_")}}, f)
+"""
+SCRIPTS = {  # case -> the code folder's files
+    "exit 3": {"train.py": "import sys\nprint('bad input', file=sys.stderr)\nsys.exit(3)\n"},
+    "raise": {"train.py": "def load():\n    raise ValueError('no training files')\nload()\n"},
+    # No network in these containers: pip cannot reach an index.
+    "failing requirements.txt": {"requirements.txt": "tabulate==0.9.0\n", "train.py": "print('never')\n"},
+    "docker stop": {"train.py": "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.1)\n"},
+}
+RUNNERS = {"ours": "/opt/program/train", "toolkit": "/opt/venv/bin/train"}
+
+
+def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and result.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def size(image: str) -> int:
+    return int(sh("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
+
+
+def job(root: Path, files: dict[str, str], **extra: str) -> Path:
+    base = root / "ml"
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "data" / "training").mkdir(parents=True)
+    (base / "output" / "data").mkdir(parents=True)
+    (base / "model").mkdir()
+    (base / "code").mkdir()
+    for name, text in files.items():
+        (base / "code" / name).write_text(textwrap.dedent(text))
+    config = base / "input" / "config"
+    (config / "hyperparameters.json").write_text(json.dumps({**HYPERPARAMETERS, **extra}))
+    (config / "inputdataconfig.json").write_text(json.dumps({"training": {"TrainingInputMode": "File"}}))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+    return base
+
+
+def docker_run(image: str, base: Path, runner: str, name: str | None = None, detach: bool = False):
+    """`docker run` one job to its end (or detached), with no network: nothing is fetched."""
+    # The toolkit waits (up to 15 minutes) for every host name to resolve, even on one host: algo-1 must.
+    name = name or f"script-bench-{os.getpid()}-{time.monotonic_ns()}"
+    cmd = ["docker", "run", "--name", name, "--network", "none", "--add-host", "algo-1:127.0.0.1",
+           "-v", f"{base}:/opt/ml", "-e", "AWS_DEFAULT_REGION=us-east-1", *(["-d"] if detach else ["--rm"])]
+    try:
+        return subprocess.run([*cmd, image, runner], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        sh("docker", "rm", "-f", name, check=False)
+        raise
+
+
+def startup(image: str, runner: str, runs: int) -> tuple[float, float]:
+    firsts, totals = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = job(Path(tmp), {"train.py": PRINT_ENV})
+            started = time.time()
+            done = docker_run(image, base, runner)
+            total = time.time() - started
+            line = next((x for x in done.stdout.splitlines() if x.startswith("first-line")), None)
+            if done.returncode != 0 or line is None:
+                sys.exit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            firsts.append(float(line.split()[1]) - started)
+            totals.append(total)
+    return statistics.median(firsts), statistics.median(totals)
+
+
+def seen(image: str, runner: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = job(Path(tmp), {"train.py": PRINT_ENV})
+        done = docker_run(image, base, runner)
+        if done.returncode != 0:
+            sys.exit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return json.loads((base / "output" / "data" / "seen.json").read_text())
+
+
+def ending(image: str, runner: str, case: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = job(Path(tmp), SCRIPTS[case])
+        started = time.monotonic()
+        if case == "docker stop":
+            name = f"script-bench-{os.getpid()}"
+            docker_run(image, base, runner, name=name, detach=True)
+            while "ready" not in sh("docker", "logs", name).stdout:
+                time.sleep(0.2)
+            started = time.monotonic()
+            sh("docker", "stop", "-t", "20", name)
+            code = json.loads(sh("docker", "inspect", "--format", "{{json .State.ExitCode}}", name).stdout)
+            sh("docker", "rm", "-f", name)
+        else:
+            code = docker_run(image, base, runner).returncode
+        seconds = time.monotonic() - started
+        failure = base / "output" / "failure"
+        text = failure.read_text().strip() if failure.exists() else "(none)"
+        first = " | ".join(text.splitlines()[:4])[:300]
+        return f"exit {code}, {seconds:.1f} s, output/failure: {first}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    image = os.environ.get("CPU_IMAGE", "mxnet-byoc:cpu")
+    variant = f"{image}-toolkit"
+    with tempfile.TemporaryDirectory() as tmp:
+        dockerfile = Path(tmp) / "Dockerfile"
+        dockerfile.write_text(DOCKERFILE)
+        started = time.monotonic()
+        sh("docker", "build", "--network", "host", "--build-arg", f"IMAGE={image}", "-f", str(dockerfile),
+           "-t", variant, str(ROOT))
+        print(f"built {variant} ({TOOLKIT}) in {time.monotonic() - started:.0f} s")
+    added = sh("docker", "run", "--rm", variant, "sh", "-c",
+               "/opt/venv/bin/python -m pip list --format=freeze 2>/dev/null").stdout.split()
+    ours = set(sh("docker", "run", "--rm", image, "cat", "/opt/program/PACKAGES.txt").stdout.split())
+    print(f"image sizes: {image} {size(image) / 1e6:.1f} MB, with the toolkit {size(variant) / 1e6:.1f} MB "
+          f"(+{(size(variant) - size(image)) / 1e6:.1f} MB)")
+    print(f"packages the toolkit adds: {', '.join(sorted(set(added) - ours))}")
+    for label, runner in RUNNERS.items():
+        first, total = startup(variant, runner, args.runs)
+        print(f"start-up, {label}: docker run -> the script's first line {first:.2f} s, whole run {total:.2f} s "
+              f"(median of {args.runs})")
+    a, b = seen(variant, RUNNERS["ours"]), seen(variant, RUNNERS["toolkit"])
+    names = sorted(set(a["env"]) | set(b["env"]))
+    differ = [n for n in names if a["env"].get(n) != b["env"].get(n)]
+    print(f"SM_* variables: {len(names)} names, {len(names) - len(differ)} identical"
+          + (f", different: {differ}" if differ else "") + f"; arguments identical: {a['argv'] == b['argv']}")
+    for case in SCRIPTS:
+        for label, runner in RUNNERS.items():
+            print(f"{case}, {label}: {ending(variant, runner, case)}")
+    print(f"load average while measured: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
