@@ -16,7 +16,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -196,54 +195,12 @@ def request_log() -> None:
     row("request log line written by hand", plain, fast, "every request", "test_server_application: request log")
 
 
-# The app with the model, called as gunicorn would call it, on 1,000-image batches: the allocations of a real
-# request (the body, the float32 images, MXNet's, the answer), in a process of its own per setting.
-MALLOC_LOOP = """
-import io, sys, time
-import numpy as np
-from werkzeug.test import EnvironBuilder
-from mxnet_byoc.serve import app as serving, server, settings
-setting, model_dir, kind = sys.argv[1:]
-if setting == "tuned":
-    server._reuse_freed_memory(None, None)
-app = serving.create_app(model_dir, settings.from_env({}))
-assert app.extensions[serving.LOADER_KEY].wait(60)
-images = np.random.default_rng(0).integers(0, 256, (1000, 28, 28))
-buffer = io.BytesIO()
-np.save(buffer, images.astype(np.uint8) if kind == "uint8" else images.astype(np.float32) / 255)
-wire = buffer.getvalue()
-environ = EnvironBuilder(path="/invocations", method="POST", data=wire, content_type="application/x-npy").get_environ()
-def one():
-    return b"".join(app({**environ, "wsgi.input": io.BytesIO(wire)}, lambda *args: None))
-for _ in range(5):
-    one()
-start = time.thread_time()
-for _ in range(60):
-    one()
-print((time.thread_time() - start) / 60 * 1e6)
-"""
-
-
-def freed_memory(model_dir: Path) -> None:
-    env = {**os.environ, **settings.WORKER_ENV_DEFAULTS}
-    for kind in ("uint8", "float32"):
-        figures: dict[str, list[float]] = {"default": [], "tuned": []}
-        for setting in ("default", "tuned") * 5:  # alternating: from one process to the next they move by 10%
-            result = subprocess.run([sys.executable, "-c", MALLOC_LOOP, setting, str(model_dir), kind],
-                                    capture_output=True, text=True, env=env)
-            if result.returncode != 0:
-                sys.exit(f"the mallopt run failed:\n{result.stderr[-2000:]}")
-            figures[setting].append(float(result.stdout))
-        row("large arrays from glibc's heap (mallopt)", statistics.median(figures["default"]),
-            statistics.median(figures["tuned"]),
-            f"1,000 {kind} images, decode to encode", "(allocation only: same bytes)")
-
-
 def main() -> None:
     global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=REPEAT)
-    parser.add_argument("--model-dir", type=Path, help="a model for the mallopt row (default: a 1-epoch mlp, trained)")
+    parser.add_argument("--model-dir", type=Path, help="a model for the rows timed inside requests (default: a "
+                        "1-epoch mlp, trained)")
     args = parser.parse_args()
     REPEAT = args.repeat
     for name, value in {**settings.WORKER_ENV_DEFAULTS, "MXNET_SUBGRAPH_VERBOSE": "0"}.items():
@@ -258,7 +215,6 @@ def main() -> None:
         npy_headers()
         in_requests(model_dir)
         encodings()
-        freed_memory(model_dir)
 
 
 if __name__ == "__main__":

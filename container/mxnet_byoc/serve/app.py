@@ -242,8 +242,8 @@ def _read_from_socket(stream: Any, length: int) -> bytearray | None:
     """A gunicorn request body of `length` bytes, received straight into one buffer; None for any other
     stream (Flask's test client, another server).
 
-    gunicorn's readers copy every 8 KiB chunk three times on its way to the caller: 8.7-9.4 ms of CPU for
-    a 3.1 MB body against 0.5-0.7 ms here (bench/fastpath_bench.py), as much as the mlp's forward pass over
+    gunicorn's readers copy every 8 KiB chunk three times on its way to the caller: 5.9-9.4 ms of CPU for
+    a 3.1 MB body against 0.45-0.7 ms here (bench/fastpath_bench.py), as much as the mlp's forward pass over
     those 1,000 images. This takes the bytes gunicorn has
     already received beyond the headers, then `recv_into` the rest; the socket's timeout still applies,
     and gunicorn's readers are left as if they had read the body themselves.

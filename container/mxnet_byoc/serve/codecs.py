@@ -100,8 +100,8 @@ def encode(probabilities: np.ndarray, classes: Sequence[Any], kind: str) -> byte
         return b"".join([pieces[i] for i in indices])
     # orjson writes the whole (N, K) array in one call; its rows are then spliced between per-class
     # prefixes. The bytes are those of dumping a list of {"label", "probabilities"} objects; for 1,000
-    # images that cost 1.0 ms (JSON) and 1.2-4.3 ms (JSON lines) against 0.6-0.7, and the CSV of their
-    # labels 0.8-1.1 ms against 0.05 (bench/fastpath_bench.py). For one image both ways cost the same.
+    # images that cost 0.6-1.0 ms (JSON) and 0.8-4.3 ms (JSON lines) against 0.4-0.7, and the CSV of their
+    # labels 0.8-1.1 ms against 0.04 (bench/fastpath_bench.py). For one image both ways cost the same.
     rows = orjson.dumps(np.ascontiguousarray(probabilities), option=_DUMPS_OPTIONS)[2:-2].split(b"],[")
     first, rest = pieces
     prefixes = [rest[i] for i in indices]

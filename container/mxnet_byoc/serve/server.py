@@ -7,8 +7,6 @@ the fork.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -59,7 +57,6 @@ class Application(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "on_starting": _log_app_messages,
-            "post_fork": _reuse_freed_memory,
             "post_worker_init": self.wait_for_model,
         }.items():
             self.cfg.set(name, value)
@@ -138,23 +135,3 @@ def _log_app_messages(server: Any) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _reuse_freed_memory(server: Any, worker: Any) -> None:
-    """Serve large arrays from glibc's heap instead of fresh mmaps.
-
-    By default every array above 128 KiB (a 1,000-image batch is 3 MB) may get new pages from the kernel,
-    which are zeroed on first touch; freed memory up to the trim threshold stays with the worker for the
-    next request instead. Why: two servers interleaved, 1,000-image requests: 8.8 against 9.4 ms of CPU
-    (uint8), 9.4 against 10.0 (float32); bench/fastpath_bench.py's in-process rows move from -9% to +17%
-    with the machine's load.
-    """
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None)
-    if mallopt is None:  # not glibc
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum
-    mallopt(m_trim_threshold, 128 * 1024 * 1024)
