@@ -173,7 +173,7 @@ def _to_unit_range(batch: np.ndarray) -> np.ndarray:
 
 
 def _one_to_unit_range(batch: np.ndarray) -> np.ndarray:
-    """`_each_to_unit_range` for one image, in three numpy calls instead of ten. Why: 8-18 us less per
+    """`_each_to_unit_range` for one image, in three numpy calls instead of ten. Why: 6-18 us less per
     one-image request (bench/fastpath_bench.py), a tenth of its decoding and predicting."""
     top, bottom = batch.max(), batch.min()
     if not (bottom >= 0 and top <= 255):  # written so that NaN fails too
