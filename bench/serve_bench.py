@@ -1,31 +1,28 @@
 #!/usr/bin/env python3
-"""Serving benchmark: the real `serve` (gunicorn, production settings) under `wrk`, on this machine.
+"""Serving benchmark: the real `serve` (gunicorn, production settings) under `wrk`, against the plain endpoint.
 
-Prints, in one run:
-- one-image application/json at concurrency 1, 8 and 32: requests/s, p50 and p99 latency, next to a
-  trivial Flask endpoint (bench/trivial_app.py: reads the body, answers a constant) under the same
-  gunicorn settings, and the ratio of the two;
-- 1,000-image application/x-npy batches (uint8 and float32): images/s with one request per worker,
-  next to the raw in-process MXNet forward pass (the mxnet package's executor bound at batch 1,000, data
-  in memory), with MXNet's default threads and with one OpenMP thread per CPU, and the ratios;
-- seconds from starting `serve` to its first correct prediction;
-- PSS of the serving process tree (master and workers) after the load.
+The plain endpoint is bench/trivial_app.py (a Flask view that reads the body and answers a constant) run as
+`gunicorn -w N trivial_app:app`, gunicorn's default settings: what a bare HTTP stack costs on this machine.
+For each model (the default cnn, then the mlp, each trained by `container/train`) it prints, in one run:
+- one-image application/json at concurrency 1, 8 and 32: requests/s, p50 and p99 latency and server CPU
+  per request, ours beside the plain endpoint's, and the ratio of the two;
+- where a worker's CPU goes per request (py-spy samples of one worker at concurrency 8, in stages: gunicorn,
+  request log, body read, JSON parse, pixels to float32, predict, encode), ours beside the plain endpoint's;
+- 1,000-image application/x-npy batches (uint8 and float32), one request per worker: images/s against the
+  in-process forward pass of the mxnet package's executor bound at 1,000 images with one OpenMP thread per CPU;
+- seconds from starting `serve` to its first correct prediction, and the PSS of the serving process tree.
+It ends with each of issue 14's targets, met or NOT met, with the plain endpoint's figure beside ours.
 
-Shared machines are noisy, so each figure is the median of --rounds short runs, and the server and its
-reference are measured in alternation (ratios are medians of adjacent pairs). CPU time per request (all
-server processes) and per image (in-process) is printed too, with the ratios it gives: it moves far
-less with other load than requests/s do.
-
-Each network of --models is trained by `container/train` (--epochs) and measured in turn, the default one
-(cnn) first: its forward pass costs about 30 us per image, the mlp's 4.5, so the mlp shows the server's
-own overhead at its largest. --model-dir serves a given model directory instead. A summary at the end
-sets each model's figures against issue 3's targets.
+Shared machines are noisy: every figure is the median of --rounds short runs, ours and the plain endpoint
+measured in alternation (a ratio is the median over adjacent pairs), and `uptime` is printed at the start
+and the end. Server CPU time per request moves far less with other load than requests/s do.
 Usage: .venv/bin/python bench/serve_bench.py [--models cnn,mlp] [--duration 5] [--rounds 3] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -39,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +45,7 @@ from mxnet_byoc.train import data as idx  # numpy only
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = ROOT / "container"
+CONCURRENCIES = (1, 8, 32)
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -81,6 +80,55 @@ while time.perf_counter() - start < seconds:
     n += 1
 print(n * batch / (time.perf_counter() - start), (time.process_time() - cpu) / (n * batch) * 1e6)
 """
+
+# Where the start-up time goes, in one process without gunicorn: what each worker does before its first answer.
+STARTUP_PHASES = """
+import sys, time
+marks = [time.time()]
+from mxnet_byoc.serve import network, server
+marks.append(time.time())
+network.library()
+marks.append(time.time())
+model = network.Model(sys.argv[1])
+marks.append(time.time())
+model.warm_up()
+marks.append(time.time())
+print(*marks)
+"""
+STARTUP_PHASE_NAMES = ("interpreter", "imports (gunicorn, Flask, numpy, the app)", "libmxnet.so",
+                       "model bound at 4 batch sizes", "warm-up predictions")
+
+# Issue 14's targets.
+TARGET_ONE_IMAGE = {"mlp": 0.80, "cnn": 0.70}  # one-image JSON req/s over the plain endpoint's, every concurrency
+TARGET_BATCH_RATIO = 0.80  # 1,000-image uint8 npy images/s over the in-process forward pass on every core
+TARGET_STARTUP_S = 0.5
+TARGET_PSS_MIB = 200
+
+# py-spy stacks to stages: the innermost frame that matches a rule names the stage of a sample.
+STAGES = [  # (stage, the end of the frame's file path, its function names or None for any)
+    ("idle", "/gunicorn/workers/sync.py", {"SyncWorker.wait"}),
+    ("predict (forward pass)", "/serve/network.py", None),
+    ("encode the answer", "/serve/codecs.py", {"encode", "_label_pieces"}),
+    ("JSON parse", "/serve/codecs.py", {"_parse_json"}),
+    ("pixels to float32", "/serve/codecs.py", {"_stack", "_pixels", "_to_unit_range", "_one_to_unit_range",
+                                               "_each_to_unit_range", "_to_batch"}),
+    ("decode, other", "/serve/codecs.py", None),
+    ("body read", "/serve/app.py", {"_read_body", "_read_from_socket"}),
+    ("request log", "/serve/server.py", {"RequestLog.access"}),
+    ("request log", "/gunicorn/glogging.py", None),
+    ("gunicorn: accept, close, loop", "/serve/server.py", None),  # our worker class
+    ("app, other (dispatch, handler)", "/serve/", None),
+    ("app, other (dispatch, handler)", "/trivial_app.py", None),
+    ("Flask and werkzeug", "/flask/", None),
+    ("Flask and werkzeug", "/werkzeug/", None),
+    ("gunicorn: read and parse the request", "/gunicorn/http/message.py", None),
+    ("gunicorn: read and parse the request", "/gunicorn/http/parser.py", None),
+    ("gunicorn: read and parse the request", "/gunicorn/http/unreader.py", None),
+    ("gunicorn: read and parse the request", "/gunicorn/http/body.py", None),
+    ("gunicorn: environ, send the answer", "/gunicorn/http/wsgi.py", None),
+    ("gunicorn: environ, send the answer", "/gunicorn/util.py", {"write"}),
+    ("gunicorn: accept, close, loop", "/gunicorn/", None),
+]
 
 
 def ensure_wrk() -> str:
@@ -130,18 +178,28 @@ def free_port() -> int:
 
 
 class Server:
-    """A gunicorn process tree on 127.0.0.1 with `serve`'s settings."""
+    """A gunicorn process tree on 127.0.0.1: `serve` with its settings from the environment, or `command`
+    run as it is (the plain endpoint) with `port` in it."""
 
-    def __init__(self, command: list[str], base: Path, workers: int, log: Path):
-        self.port = free_port()
+    def __init__(self, command: list[str], base: Path, workers: int, log: Path, port: int | None = None,
+                 cwd: Path | None = None, env: dict[str, str] | None = None):
+        self.port = port or free_port()
         self.workers = workers
         self.log = log
         env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(self.port),
-               "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MXNET_BYOC_SERVE_HOST": "127.0.0.1"}
+               "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MXNET_BYOC_SERVE_HOST": "127.0.0.1", **(env or {})}
+        env.pop("GUNICORN_CMD_ARGS", None)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, cwd=cwd)
         self.url = f"http://127.0.0.1:{self.port}/invocations"
+
+    @classmethod
+    def plain(cls, base: Path, workers: int, log: Path) -> Server:
+        """`gunicorn -w N trivial_app:app`: gunicorn's defaults but for the port."""
+        port = free_port()
+        return cls([sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+                    "trivial_app:app"], base, workers, log, port=port, cwd=ROOT / "bench")
 
     def wait_all_loaded(self, limit: float = 60) -> None:
         """Until every worker has logged its model loaded: the first answer comes from one worker only."""
@@ -200,7 +258,7 @@ def wait_for_label(server: Server, body: bytes, label: int | None, limit: float 
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            sys.exit(f"the server exited with {server.process.returncode}")
+            sys.exit(f"the server exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
         try:
             status, answer = post(server.url, body, "application/json")
             if status == 200 and (label is None or json.loads(answer)["predictions"][0]["label"] == label):
@@ -211,27 +269,33 @@ def wait_for_label(server: Server, body: bytes, label: int | None, limit: float 
     sys.exit("no correct prediction within a minute")
 
 
+def wrk_command(wrk: str, script: Path, server: Server, connections: int, duration: float) -> list[str]:
+    return [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), server.url]
+
+
+def wrk_result(stdout: str) -> tuple[int, float, float, float]:
+    """(requests, seconds, p50 ms, p99 ms) from the script's BENCH_RESULT line; exits on any failed request."""
+    line = next(x for x in stdout.splitlines() if x.startswith("BENCH_RESULT"))
+    requests, micros, socket_errors, bad_status, timeouts, p50, p99 = map(int, line.split()[1:])
+    if bad_status or timeouts or not requests:
+        sys.exit(f"wrk saw {bad_status} non-2xx answers and {timeouts} timeouts:\n{stdout}")
+    return requests, micros / 1e6, p50 / 1000, p99 / 1000
+
+
 def run_wrk(wrk: str, script: Path, server: Server, body: Path, content_type: str, connections: int,
             duration: int) -> dict[str, float]:
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type}
     cpu_before = server.cpu_seconds()
-    result = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
-                             server.url], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(wrk_command(wrk, script, server, connections, duration), env=env, capture_output=True,
+                            text=True, check=True)
     cpu = server.cpu_seconds() - cpu_before
-    line = next(x for x in result.stdout.splitlines() if x.startswith("BENCH_RESULT"))
-    requests, micros, socket_errors, bad_status, timeouts, p50, p99 = map(int, line.split()[1:])
-    if bad_status or timeouts or not requests:
-        sys.exit(f"wrk saw {bad_status} non-2xx answers and {timeouts} timeouts:\n{result.stdout}")
-    return {"rps": requests / (micros / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
-            "cpu_us": cpu / requests * 1e6}
+    requests, seconds, p50, p99 = wrk_result(result.stdout)
+    return {"rps": requests / seconds, "p50_ms": p50, "p99_ms": p99, "cpu_us": cpu / requests * 1e6}
 
 
-def in_process_forward(model_dir: Path, seconds: float, threads: int | None = None) -> dict[str, float]:
-    """Images per second and CPU microseconds per image of the in-process forward pass; MXNet's default
-    OpenMP threads unless `threads` is given (here MXNet's default used one core of two)."""
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+def in_process_forward(model_dir: Path, seconds: float, threads: int) -> dict[str, float]:
+    """Images per second and CPU microseconds per image of the in-process forward pass on `threads` threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run([sys.executable, "-c", IN_PROCESS, str(model_dir), "1000", str(seconds)],
                             capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -240,89 +304,188 @@ def in_process_forward(model_dir: Path, seconds: float, threads: int | None = No
     return {"images_per_s": rate, "cpu_us_per_image": cpu_us}
 
 
+def startup_phases(model_dir: Path, env: dict[str, str]) -> list[float]:
+    """Seconds spent in each of STARTUP_PHASE_NAMES, from launching the interpreter."""
+    started = time.time()
+    result = subprocess.run([sys.executable, "-c", STARTUP_PHASES, str(model_dir)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "MXNET_ENGINE_TYPE": "NaiveEngine", **env})
+    if result.returncode != 0:
+        sys.exit(f"the start-up phases failed:\n{result.stderr[-2000:]}")
+    marks = [started, *map(float, result.stdout.split())]
+    return [later - earlier for earlier, later in zip(marks, marks[1:])]
+
+
+def py_spy() -> str | None:
+    found = shutil.which("py-spy") or Path(sys.executable).with_name("py-spy")
+    return str(found) if Path(found).exists() else None
+
+
+def stage_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        function, _, where = frame.rpartition(" (")
+        where = "/" + where  # py-spy writes paths from the import root: flask/app.py, mxnet_byoc/serve/app.py
+        for stage, path, functions in STAGES:
+            if path in where and (functions is None or function in functions):
+                return stage
+    return "other (Python's runtime)"
+
+
+def profile(wrk: str, script: Path, server: Server, body: Path, seconds: float, work: Path
+            ) -> collections.Counter | str:
+    """py-spy samples of one worker, by stage, while wrk sends one-image JSON at concurrency 8; a string
+    saying why when py-spy cannot run."""
+    spy = py_spy()
+    if spy is None:
+        return "py-spy is not installed (requirements-dev.txt has it)"
+    worker = [pid for pid in server.pids() if pid != server.process.pid][0]
+    env = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": "application/json"}
+    load = subprocess.Popen(wrk_command(wrk, script, server, 8, seconds + 2), env=env, stdout=subprocess.PIPE,
+                            text=True)
+    time.sleep(1)
+    raw = work / "py-spy.txt"
+    # --nonblocking: the worker is never paused to be sampled, so it runs as it would unwatched.
+    spied = subprocess.run([spy, "record", "--pid", str(worker), "--duration", str(int(seconds)), "--rate", "1000",
+                            "--nonblocking", "--format", "raw", "-o", str(raw)], capture_output=True, text=True)
+    wrk_result(load.communicate()[0])
+    if spied.returncode != 0 or not raw.exists():
+        return f"py-spy failed: {(spied.stderr or spied.stdout or 'no output').strip().splitlines()[0]}"
+    stages: collections.Counter = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        stages[stage_of(stack.split(";"))] += int(count)
+    stages.pop("idle", None)
+    return stages
+
+
+def print_profiles(ours: collections.Counter | str, plain: collections.Counter | str, cpu_us: tuple[float, float],
+                   workers: int) -> None:
+    print(f"\nwhere a worker's CPU goes, one-image JSON at concurrency 8 (py-spy samples of 1 of {workers} workers; "
+          f"us per request: a stage's share of the samples x the server's CPU time per request at concurrency 8)")
+    if isinstance(ours, str) or isinstance(plain, str):
+        print(f"  skipped: {ours if isinstance(ours, str) else plain}")
+        return
+    print(f"  {'stage':40} {'ours':>6} {'us/req':>7} | {'plain':>6} {'us/req':>7}")
+    for name, _ in (ours + plain).most_common():
+        cells = []
+        for stages, cpu in zip((ours, plain), cpu_us):
+            share = stages[name] / max(1, sum(stages.values()))
+            cells.append(f"{share * 100:>5.1f}% {share * cpu:>7.0f}" if stages[name] else f"{'-':>6} {'-':>7}")
+        print(f"  {name:40} {cells[0]} | {cells[1]}")
+    print(f"  {'all (server CPU per request)':40} {'':>6} {cpu_us[0]:>7.0f} | {'':>6} {cpu_us[1]:>7.0f}")
+
+
 def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
+
+
+@dataclass
+class Subject:
+    """What is served and how it is measured: a model directory under `base`, and the environment for `serve`."""
+
+    name: str
+    base: Path
+    target: float  # one-image JSON req/s over the plain endpoint's
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def transform_fn_subject(work: Path, mlp_base: Path) -> Subject | None:
+    """The hook for script mode (issue 13): once `serve` runs a user's inference module (SAGEMAKER_PROGRAM),
+    return a Subject that serves the mlp through a user `transform_fn` (its module written under `work`,
+    its environment in `env`, target 0.8); it is then measured like the built-in models. None until then."""
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cnn,mlp", help="networks container/train trains, measured in turn")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--model-dir", type=Path, help="serve this model directory instead of training one")
+    parser.add_argument("--model-dir", type=Path, help="serve this model directory (target of the mlp) instead")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per figure (the median is shown)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--profile-seconds", type=int, default=4, help="py-spy sampling per model (0: none)")
     args = parser.parse_args()
 
-    models = [str(args.model_dir)] if args.model_dir else [m.strip() for m in args.models.split(",") if m.strip()]
-    if not args.model_dir and not set(models) <= {"cnn", "mlp"}:
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.model_dir and not set(names) <= set(TARGET_ONE_IMAGE):
         parser.error(f"--models: expected cnn and/or mlp, got {args.models!r}")
     wrk = ensure_wrk()
-    summaries = {}
-    for name in models:
-        work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-        try:
-            base = work / "ml"
-            if args.model_dir:
-                base.mkdir()
-                shutil.copytree(args.model_dir, base / "model")
-                label = name
-            else:
-                train_model(base, name, args.epochs)
-                label = f"{args.epochs}-epoch {name} from container/train"
-            print(f"\n=== {label} ===", flush=True)
-            summaries[name] = benchmark(args, wrk, work, base, label)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    print_targets(summaries, args.workers)
+    print(f"uptime at the start: {uptime()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    try:
+        subjects = []
+        if args.model_dir:
+            base = work / "given"
+            shutil.copytree(args.model_dir, base / "model")
+            subjects.append(Subject("given", base, TARGET_ONE_IMAGE["mlp"], str(args.model_dir)))
+        for name in [] if args.model_dir else names:
+            base = work / name
+            train_model(base, name, args.epochs)
+            subjects.append(Subject(name, base, TARGET_ONE_IMAGE[name], f"{args.epochs}-epoch {name} from "
+                                    "container/train"))
+        mlp = next((s for s in subjects if s.name in ("mlp", "given")), None)
+        script_mode = transform_fn_subject(work, mlp.base) if mlp else None
+        if script_mode:
+            subjects.append(script_mode)
+        summaries = {}
+        for subject in subjects:
+            print(f"\n=== {subject.label} ===", flush=True)
+            summaries[subject.name] = benchmark(args, wrk, work / f"run-{subject.name}", subject)
+        print_targets(summaries, subjects, args.workers)
+        print(f"uptime at the end: {uptime()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-# Issue 3's targets, and AWS's MXNet serving stack measured on this machine (for the memory target).
-TARGET_ONE_IMAGE_RATIO = 0.70
-TARGET_BATCH_RATIO = 0.80
-TARGET_STARTUP_S = 2.0
-AWS_STACK_PSS_MIB = 765
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def print_targets(summaries: dict[str, dict[str, float]], workers: int) -> None:
-    print("\nagainst issue 3's targets (medians of the figures above):")
-    rows = [
-        ("one-image JSON req/s over the trivial endpoint's, lowest of concurrency 1, 8, 32", "one_image_ratio",
-         f">= {TARGET_ONE_IMAGE_RATIO:.2f}", lambda v: v >= TARGET_ONE_IMAGE_RATIO, "{:.2f}"),
-        ("1,000-image uint8 npy over the in-process forward pass, MXNet's default threads", "batch_ratio_default",
-         f">= {TARGET_BATCH_RATIO:.2f}", lambda v: v >= TARGET_BATCH_RATIO, "{:.2f}"),
-        ("1,000-image uint8 npy over the in-process forward pass on every core", "batch_ratio_all_cores",
-         f">= {TARGET_BATCH_RATIO:.2f}", lambda v: v >= TARGET_BATCH_RATIO, "{:.2f}"),
-        ("start of serve to the first correct prediction (s)", "startup_s",
-         f"< {TARGET_STARTUP_S:.0f}", lambda v: v < TARGET_STARTUP_S, "{:.2f}"),
-        (f"PSS of the process tree with {workers} workers (MiB)", "pss_mib",
-         f"< {AWS_STACK_PSS_MIB / 2:.0f}", lambda v: v < AWS_STACK_PSS_MIB / 2, "{:.0f}"),
-    ]
-    for text, key, target, met, form in rows:
-        figures = ", ".join(f"{name} {form.format(s[key])} ({'met' if met(s[key]) else 'NOT met'})"
-                            for name, s in summaries.items())
-        print(f"  {text} [{target}]: {figures}")
+def print_targets(summaries: dict[str, dict], subjects: list[Subject], workers: int) -> None:
+    print("\nissue 14's targets (medians of the figures above; plain = `gunicorn -w N trivial_app:app`):")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for subject in subjects:
+        s = summaries[subject.name]
+        for c in CONCURRENCIES:
+            ratio, ours, plain = s["json"][c]
+            print(f"  {subject.name}: one-image JSON at concurrency {c:>2}: {ours:,.0f} req/s, plain {plain:,.0f}: "
+                  f"{ratio:.3f} [>= {subject.target:.2f}] {verdict(ratio >= subject.target)}")
+    for subject in subjects:
+        s = summaries[subject.name]
+        if "batch_ratio" in s:
+            print(f"  {subject.name}: 1,000-image uint8 npy: {s['batch_rate']:,.0f} images/s, in-process forward "
+                  f"pass on every core {s['forward_rate']:,.0f}: {s['batch_ratio']:.3f} [>= {TARGET_BATCH_RATIO:.2f}] "
+                  f"{verdict(s['batch_ratio'] >= TARGET_BATCH_RATIO)}")
+    for subject in subjects:
+        s = summaries[subject.name]
+        print(f"  {subject.name}: start of serve to the first correct prediction: {s['startup_s']:.2f} s "
+              f"[< {TARGET_STARTUP_S}] {verdict(s['startup_s'] < TARGET_STARTUP_S)}")
+        print(f"  {subject.name}: PSS of the serving process tree with {workers} workers: {s['pss_mib']:.0f} MiB "
+              f"[< {TARGET_PSS_MIB}] {verdict(s['pss_mib'] < TARGET_PSS_MIB)}")
 
 
-def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path, label: str) -> dict[str, float]:
-    model_dir = base / "model"
+def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) -> dict:
+    work.mkdir(parents=True)
+    base, model_dir = subject.base, subject.base / "model"
     images = idx.read_idx(mnist_dir() / "t10k-images-idx3-ubyte.gz").reshape(-1, 28, 28)
     labels = idx.read_idx(mnist_dir() / "t10k-labels-idx1-ubyte.gz")
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
     serve = [sys.executable, str(CONTAINER / "serve")]
-    trivial = [sys.executable, str(ROOT / "bench" / "trivial_app.py")]
     bodies = {"json": work / "one.json", "uint8": work / "batch-uint8.npy", "float32": work / "batch-float32.npy"}
     np.save(bodies["uint8"], images[:1000])
     np.save(bodies["float32"], images[:1000].astype(np.float32) / 255)
-
-    print(f"model: {label}; {args.workers} workers; {args.rounds} rounds of {args.duration} s per figure; "
-          f"{len(os.sched_getaffinity(0))} CPUs", flush=True)
+    cpus = len(os.sched_getaffinity(0))
+    print(f"{args.workers} workers; {args.rounds} rounds of {args.duration} s per figure; {cpus} CPUs", flush=True)
 
     # Start-up: from launching `serve` to the first request answered with the right label.
     startups, digit, label = [], None, None
     for _ in range(4):  # the first start finds the digit, the next three are timed
-        server = Server(serve, base, args.workers, work / "startup.log")
+        server = Server(serve, base, args.workers, work / "startup.log", env=subject.env)
         try:
             if digit is None:  # a test digit this model gets right, found through the server itself
                 wait_for_label(server, json.dumps({"instances": [images[0].tolist()]}).encode(), None)
@@ -340,72 +503,77 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, base: Path, label:
         finally:
             server.stop()
 
-    ours = Server(serve, base, args.workers, work / "serve.log")
-    reference = Server(trivial, base, args.workers, work / "trivial.log")
-    json_runs: dict[int, tuple[list, list]] = {c: ([], []) for c in (1, 8, 32)}
+    ours = Server(serve, base, args.workers, work / "serve.log", env=subject.env)
+    plain = Server.plain(base, args.workers, work / "plain.log")
+    json_runs: dict[int, tuple[list, list]] = {c: ([], []) for c in CONCURRENCIES}
     batch_runs: dict[str, list] = {"uint8": [], "float32": []}
     forwards: list[dict[str, float]] = []
-    all_cores: list[dict[str, float]] = []
-    cpus = len(os.sched_getaffinity(0))
     try:
         wait_for_label(ours, digit, label)
         ours.wait_all_loaded()
-        wait_for_label(reference, b"{}", None)
-        for _ in range(args.rounds):
+        wait_for_label(plain, b"{}", None)
+        for round_ in range(args.rounds):
             for c, (mine, theirs) in json_runs.items():
-                mine.append(run_wrk(wrk, script, ours, bodies["json"], "application/json", c, args.duration))
-                theirs.append(run_wrk(wrk, script, reference, bodies["json"], "application/json", c, args.duration))
+                pair = [(ours, mine), (plain, theirs)]
+                for server, runs in pair if round_ % 2 == 0 else pair[::-1]:  # who goes first alternates
+                    runs.append(run_wrk(wrk, script, server, bodies["json"], "application/json", c, args.duration))
             for kind, runs in batch_runs.items():
                 runs.append(run_wrk(wrk, script, ours, bodies[kind], "application/x-npy", args.workers,
                                     args.duration))
-            forwards.append(in_process_forward(model_dir, args.duration))
-            all_cores.append(in_process_forward(model_dir, args.duration, threads=cpus))
+            forwards.append(in_process_forward(model_dir, args.duration, threads=cpus))
+        profiles = ("skipped (--profile-seconds 0)",) * 2
+        if args.profile_seconds:
+            profiles = tuple(profile(wrk, script, server, bodies["json"], args.profile_seconds, work)
+                             for server in (ours, plain))
         pss = ours.pss_kib()
     finally:
         ours.stop()
-        reference.stop()
+        plain.stop()
 
-    print("\none-image application/json (wrk, 1 thread; trivial = Flask endpoint under the same gunicorn settings)")
-    print(f"{'concurrency':>11} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} | {'trivial':>7} "
+    print("\none-image application/json (wrk, 1 thread; plain = `gunicorn -w N trivial_app:app`, default settings)")
+    print(f"{'concurrency':>11} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} | {'plain':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} | {'ratio':>5} {'CPU ratio':>9}")
+    summary: dict = {"json": {}}
     for c, (mine, theirs) in json_runs.items():
         ratio = statistics.median(m["rps"] / t["rps"] for m, t in zip(mine, theirs))
         cpu_ratio = statistics.median(t["cpu_us"] / m["cpu_us"] for m, t in zip(mine, theirs))
+        summary["json"][c] = (ratio, median(mine, "rps"), median(theirs, "rps"))
         print(f"{c:>11} {median(mine, 'rps'):>7.0f} {median(mine, 'p50_ms'):>7.2f} {median(mine, 'p99_ms'):>7.2f} "
               f"{median(mine, 'cpu_us'):>7.0f} | {median(theirs, 'rps'):>7.0f} {median(theirs, 'p50_ms'):>7.2f} "
               f"{median(theirs, 'p99_ms'):>7.2f} {median(theirs, 'cpu_us'):>7.0f} | {ratio:>5.2f} {cpu_ratio:>9.2f}")
-    print("  (ratio: requests/s over the trivial endpoint's, median of adjacent pairs; CPU ratio: the trivial "
+    print("  (ratio: our requests/s over the plain endpoint's, median of adjacent pairs; CPU ratio: the plain "
           "endpoint's server CPU time per request over ours)")
+    print_profiles(*profiles, (median(json_runs[8][0], "cpu_us"), median(json_runs[8][1], "cpu_us")), args.workers)
 
     rates = [f["images_per_s"] for f in forwards]
-    all_rates = [f["images_per_s"] for f in all_cores]
     print(f"\n1,000-image application/x-npy batches ({args.workers} concurrent requests, one per worker)")
     for kind, size in (("uint8", "0.8 MB"), ("float32", "3.1 MB")):
         runs = batch_runs[kind]
         ratio = statistics.median(r["rps"] * 1000 / f for r, f in zip(runs, rates))
-        ratio_all = statistics.median(r["rps"] * 1000 / f for r, f in zip(runs, all_rates))
         print(f"  {kind:8s} ({size}): {median(runs, 'rps') * 1000:>8.0f} images/s, "
               f"p50 {median(runs, 'p50_ms'):.1f} ms, p99 {median(runs, 'p99_ms'):.1f} ms, "
               f"{median(runs, 'cpu_us') / 1000:.2f} server CPU us per image; ratio to the in-process forward "
-              f"pass {ratio:.2f} (default threads), {ratio_all:.2f} ({cpus} threads)")
-    for label, runs in (("default threads", forwards), (f"OMP_NUM_THREADS={cpus}", all_cores)):
-        found = [f["images_per_s"] for f in runs]
-        print(f"  in-process forward pass (mxnet executor bound at 1,000, {label}): "
-              f"{statistics.median(found):.0f} images/s (runs: {', '.join(f'{f:.0f}' for f in found)}), "
-              f"{statistics.median(f['cpu_us_per_image'] for f in runs):.2f} CPU us per image")
+              f"pass {ratio:.2f}")
+    print(f"  in-process forward pass (mxnet executor bound at 1,000, OMP_NUM_THREADS={cpus}): "
+          f"{statistics.median(rates):.0f} images/s (runs: {', '.join(f'{f:.0f}' for f in rates)}), "
+          f"{median(forwards, 'cpu_us_per_image'):.2f} CPU us per image")
 
     print(f"\nstart of `serve` to first correct prediction: median {statistics.median(startups):.2f} s "
           f"(runs: {', '.join(f'{s:.2f}' for s in startups)})")
+    phases = [startup_phases(model_dir, subject.env) for _ in range(3)]
+    print("  the same work in one process without gunicorn (medians of 3): " + ", ".join(
+        f"{name} {statistics.median(p[i] for p in phases):.2f} s" for i, name in enumerate(STARTUP_PHASE_NAMES))
+        + f"; in all {statistics.median(sum(p) for p in phases):.2f} s")
     print(f"PSS of the serving process tree ({args.workers} workers, after the load): {pss / 1024:.0f} MiB")
     uint8 = batch_runs["uint8"]
-    return {
-        "one_image_ratio": min(statistics.median(m["rps"] / t["rps"] for m, t in zip(*runs))
-                               for runs in json_runs.values()),
-        "batch_ratio_default": statistics.median(r["rps"] * 1000 / f for r, f in zip(uint8, rates)),
-        "batch_ratio_all_cores": statistics.median(r["rps"] * 1000 / f for r, f in zip(uint8, all_rates)),
+    summary.update({
+        "batch_ratio": statistics.median(r["rps"] * 1000 / f for r, f in zip(uint8, rates)),
+        "batch_rate": median(uint8, "rps") * 1000,
+        "forward_rate": statistics.median(rates),
         "startup_s": statistics.median(startups),
         "pss_mib": pss / 1024,
-    }
+    })
+    return summary
 
 
 if __name__ == "__main__":

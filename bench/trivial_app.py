@@ -1,12 +1,10 @@
-"""A baseline of the serving benchmark: a Flask endpoint that reads the body and answers a constant.
+"""The plain endpoint of the serving benchmark: a Flask view that reads the body and answers a constant.
 
-`python bench/trivial_app.py` runs it under `serve`'s own gunicorn application and settings, so that it
-differs from `serve` only in the work per request.
+bench/serve_bench.py runs it as `gunicorn -w N trivial_app:app`, with gunicorn's default settings: what a
+bare Python HTTP stack costs per request on the machine at hand.
 """
 
 from flask import Flask, Response, request
-
-from mxnet_byoc.serve import server, settings
 
 app = Flask(__name__)
 _ANSWER = b'{"predictions":[{"label":0}]}'
@@ -16,12 +14,3 @@ _ANSWER = b'{"predictions":[{"label":0}]}'
 def invocations() -> Response:
     request.get_data()
     return Response(_ANSWER, mimetype="application/json")
-
-
-class UnderServeSettings(server.Application):
-    def load(self) -> Flask:
-        return app
-
-
-if __name__ == "__main__":
-    UnderServeSettings(settings.from_env()).run()

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -225,9 +226,12 @@ def test_custom_attributes_header_is_ignored(server, digits, reference):
 def test_every_request_is_logged_with_status_and_latency(server):
     requests.get(server.url("/ping"), timeout=5)
     error(post(server, b"x", "application/xml"), 415)
-    log = server.output()
-    assert re.search(r'"GET /ping HTTP/1\.1" 200 \d+ \d+us', log)
-    assert re.search(r'"POST /invocations HTTP/1\.1" 415 \d+ \d+us', log)
+    # The line is written once the answer has been sent, so it may follow the answer by a moment.
+    deadline = time.monotonic() + 10
+    while not (re.search(r'"GET /ping HTTP/1\.1" 200 \d+ \d+us', server.output())
+               and re.search(r'"POST /invocations HTTP/1\.1" 415 \d+ \d+us', server.output())):
+        assert time.monotonic() < deadline, server.output()[-3000:]
+        time.sleep(0.01)
 
 
 def test_settings_from_sagemaker_variables(start_server, tmp_path, trained_model_dir, digits, reference):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -298,12 +299,14 @@ def test_encode_csv_one_label_per_line_quoting_when_needed():
 def plain_encoding(probabilities: np.ndarray, classes: list, kind: str) -> bytes:
     """The response bodies written the obvious way: one object per image, dumped by orjson."""
     rows = [{"label": classes[i], "probabilities": row} for i, row in zip(probabilities.argmax(axis=1), probabilities)]
+    if kind == "text/csv":
+        return "".join(f"{codecs._csv_field(classes[i])}\n" for i in probabilities.argmax(axis=1)).encode()
     if kind == "application/jsonlines":
         return b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE) for r in rows)
     return orjson.dumps({"predictions": rows}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-@pytest.mark.parametrize("kind", ["application/json", "application/jsonlines"])
+@pytest.mark.parametrize("kind", ["application/json", "application/jsonlines", "text/csv"])
 @pytest.mark.parametrize("count", [1, 2, 1000])
 @pytest.mark.parametrize("classes", [list(range(10)), [f'say "{i}", ok' for i in range(10)],
                                      [{"id": i} for i in range(10)]])
@@ -395,3 +398,37 @@ def test_npy_format_3_is_read_without_allocating_its_declared_shape():
     huge = buffer.getvalue().replace(b"(2, 28, 28)", b"(99999999999, 28, 28)")
     with pytest.raises(codecs.BadRequest, match="its data is shorter than"):
         decode(huge, "application/x-npy")
+
+
+@pytest.mark.parametrize("array", [
+    digits(3), digits(1)[0], digits(2).astype(">f4") / 255, np.asfortranarray(digits(2).astype(np.float64)),
+    digits(2).reshape(2, 784).astype(np.int16), np.zeros((0, 784), np.uint8),
+], ids=["uint8", "one image", "big-endian", "fortran order", "int16", "empty"])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_bodies_read_with_a_cached_header_give_what_numpy_load_gives(array, version):
+    # _npy_array (a view on the body, its header parsed once per distinct header) against numpy's own reader.
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    for _ in range(2):  # parsed, then from the cache
+        found = codecs._npy_array(buffer.getvalue())
+        expected = np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False)
+        assert found.dtype == expected.dtype and found.shape == expected.shape
+        np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("image", [
+    digits(1), digits(1) / 255, np.minimum(digits(1), 1), np.zeros((1, 28, 28), np.int64),
+    digits(1).astype(np.float64) * 300, -digits(1).astype(np.float32), np.full((1, 28, 28), np.nan, np.float32),
+], ids=["0-255", "0-1", "black and white", "all zero", "above 255", "negative", "NaN"])
+def test_one_image_is_scaled_as_a_batch_would_be(image):
+    # _one_to_unit_range is a fast path for one image: the same array, or the same refusal, as the general path.
+    batch = image.reshape(1, 1, 28, 28)
+    try:
+        expected = codecs._each_to_unit_range(batch)
+    except codecs.BadRequest as e:
+        with pytest.raises(codecs.BadRequest, match=re.escape(str(e))):
+            codecs._one_to_unit_range(batch)
+        return
+    found = codecs._one_to_unit_range(batch)
+    assert found.dtype == expected.dtype == np.float32 and found.flags.c_contiguous
+    np.testing.assert_array_equal(found, expected)

@@ -155,3 +155,30 @@ def test_gunicorn_errors_without_a_message_give_the_reason():
         server._write_json_error(ours, 500, "Internal Server Error", "")
         ours.close()
         assert theirs.recv(65536).endswith(b'{"error":"Internal Server Error"}')
+
+
+def test_the_mount_answers_as_a_flask_view_would(tmp_path):
+    # /invocations is mounted in front of Flask's dispatch (a fast path): its answers are those of the same
+    # callable served as a plain Flask view, whatever happens (an answer, client errors, 405, a fault, 503).
+    from flask import Flask, Response, request
+
+    def routed_twin(app):
+        routed = Flask("routed")
+        routed.add_url_rule("/invocations", "invocations", methods=["GET", "POST"],
+                            view_func=lambda: Response.from_app(app.wsgi_app.handler, request.environ))
+        return routed.test_client()
+
+    cases = [("post", b"hello", "text/x-mine", {"Accept": "x/y"}), ("post", b"", None, {}),
+             ("get", b"", None, {})]
+    for handler in (Echo(), Echo(codecs.BadRequest("bad body")), Echo(ZeroDivisionError("boom"))):
+        app = app_with(handler, tmp_path)
+        for method, body, content_type, headers in cases:
+            answers = [getattr(client, method)("/invocations", data=body, content_type=content_type, headers=headers)
+                       for client in (app.test_client(), routed_twin(app))]
+            mounted, plain = ([a.status, a.data, sorted(a.headers.items())] for a in answers)
+            assert mounted == plain
+    release = threading.Event()
+    app = predictor.create_app(tmp_path, config(), load=lambda model_dir: release.wait(10) and Echo())
+    answers = [client.post("/invocations", data=b"x") for client in (app.test_client(), routed_twin(app))]
+    release.set()
+    assert answers[0].status_code == 503 and answers[0].data == answers[1].data

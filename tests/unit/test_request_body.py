@@ -74,3 +74,20 @@ def test_chunked_bodies_are_counted_as_they_arrive():
         predictor._read_body(environ, LIMIT, "8 MB")
     environ = {"wsgi.input": io.BytesIO(b"x" * LIMIT)}
     assert len(predictor._read_body(environ, LIMIT, "8 MB")) == LIMIT
+
+
+@pytest.mark.parametrize("length", [0, 1, 1500, 3_136_128])
+def test_the_socket_read_gives_what_gunicorns_own_reader_gives(length):
+    # _read_from_socket is a fast path around gunicorn's Body.read: the same bytes, the same state after.
+    payload = os.urandom(length) + b"NEXT"
+    found = []
+    for reader in (lambda stream: read(stream, length), lambda stream: stream.read(length)):
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            stream = gunicorn_body(ours, payload[:100], length)
+            sender = threading.Thread(target=theirs.sendall, args=(payload[100:],))
+            sender.start()
+            body = bytes(reader(stream))
+            sender.join()
+            found.append((body, stream.read(10), stream.reader.unreader.read()))
+    assert found[0] == found[1] and found[0][0] == payload[:length]

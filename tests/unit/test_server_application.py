@@ -4,8 +4,11 @@ every gunicorn setting and every worker's app come from that one ServerConfig.""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
+from gunicorn import glogging
+from gunicorn.config import Config
 
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import server, settings
@@ -64,3 +67,26 @@ def test_a_bad_setting_is_one_line_and_exit_2(monkeypatch, capsys):
     monkeypatch.setattr(server.Application, "run", lambda self: pytest.fail("gunicorn started"))
     assert server.main() == 2
     assert capsys.readouterr().err == "serve: SAGEMAKER_BIND_TO_PORT='http' is not a whole number\n"
+
+
+class FakeResponse:
+    def __init__(self, status: str, sent: int | None):
+        self.status, self.sent, self.headers = status, sent, [("Content-Type", "application/json")]
+
+
+@pytest.mark.parametrize("environ, status, sent, elapsed", [
+    ({"REMOTE_ADDR": "127.0.0.1", "RAW_URI": "/invocations"}, "200 OK", 159, timedelta(microseconds=612)),
+    ({"REMOTE_ADDR": "10.0.0.7", "RAW_URI": '/ping?x="1"'}, "503 Service Unavailable", 57,
+     timedelta(seconds=2, microseconds=5)),
+    ({"RAW_URI": "/invocations"}, "400 Bad Request", 0, timedelta(0)),
+])
+def test_the_request_log_line_is_the_one_gunicorn_would_write(capfd, environ, status, sent, elapsed):
+    environ = {"REQUEST_METHOD": "POST", "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/invocations", **environ}
+    request = type("Request", (), {"headers": [("HOST", "localhost"), ("CONTENT-TYPE", "application/json")]})()
+    response = FakeResponse(status, sent)
+    cfg = Config()
+    gunicorns = server.ACCESS_LOG_FORMAT % glogging.SafeAtoms(glogging.Logger(cfg).atoms(response, request, environ,
+                                                                                        elapsed))
+    capfd.readouterr()
+    server.RequestLog(cfg).access(response, request, environ, elapsed)
+    assert capfd.readouterr().out == gunicorns + "\n"

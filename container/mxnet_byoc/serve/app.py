@@ -6,9 +6,9 @@ once: 503 with the reason until the handler is built, 200 after. A model directo
 unusable is retried whenever its files change.
 
 POST /invocations, the one endpoint under load, is a plain WSGI callable mounted in front of Flask's
-dispatch (Flask's documented `app.wsgi_app` middleware slot); Flask serves every other path. Measured
-under gunicorn, Flask's request and response machinery cost 100-140 us of CPU per request, more than
-decoding and predicting one image, and a third of a whole one-image request.
+dispatch (Flask's documented `app.wsgi_app` middleware slot); Flask serves every other path. Why: Flask's
+dispatch around the same callable costs 60-85 us of CPU per request against 2-3 (bench/fastpath_bench.py),
+about a sixth of a whole one-image request.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
         try:
             body = _read_from_socket(stream, length)
             if body is None:
-                body = _fast_reader(stream).read(length)
+                body = stream.read(length)
         except MemoryError:  # the one allocation here is the body's: its size is the cause
             raise PayloadTooLarge(f"the body has {length} bytes, more than this worker can hold now") from None
         if len(body) < length:
@@ -245,8 +245,9 @@ def _read_from_socket(stream: Any, length: int) -> bytearray | None:
     """A gunicorn request body of `length` bytes, received straight into one buffer; None for any other
     stream (Flask's test client, another server).
 
-    gunicorn's readers copy every 8 KiB chunk three times on its way to the caller: for a 3 MB float32
-    batch that was the largest cost after the forward pass itself. This takes the bytes gunicorn has
+    gunicorn's readers copy every 8 KiB chunk three times on its way to the caller: 5.9-9.4 ms of CPU for
+    a 3.1 MB body against 0.45-0.7 ms here (bench/fastpath_bench.py), as much as the mlp's forward pass over
+    those 1,000 images. This takes the bytes gunicorn has
     already received beyond the headers, then `recv_into` the rest; the socket's timeout still applies,
     and gunicorn's readers are left as if they had read the body themselves.
     """
@@ -273,23 +274,12 @@ def _read_from_socket(stream: Any, length: int) -> bytearray | None:
     return body if got == length else body[:got]
 
 
-def _fast_reader(stream: Any) -> Any:
-    """gunicorn's request body reads 1 KiB at a time, copying its 8 KiB socket chunk on each step: 1.8 ms
-    for a 1,000-image uint8 batch, 7 ms for float32. Its length-bounded reader underneath reads whole
-    chunks; it is used while the body object has buffered nothing itself (always, before the first read)."""
-    reader, buffered = getattr(stream, "reader", None), getattr(stream, "buf", None)
-    if reader is not None and hasattr(reader, "read") and buffered is not None and buffered.tell() == 0:
-        return reader
-    return stream
-
-
 def _discard_body(environ: dict) -> None:
     """Read what is left of a refused body: closing a socket with unread data resets the connection,
     and the client would see a broken pipe instead of the status that tells it what to fix."""
     stream = environ.get("wsgi.input")
     if stream is None:
         return
-    stream = _fast_reader(stream)
     remaining = DRAIN_LIMIT
     try:
         while remaining > 0:

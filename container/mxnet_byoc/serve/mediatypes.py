@@ -3,8 +3,6 @@ must not import numpy) read them from here. Standard library only."""
 
 from __future__ import annotations
 
-import functools
-
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 CSV = "text/csv"
@@ -16,7 +14,6 @@ REQUEST_TYPES = (JSON, JSONLINES, CSV, NPY, PNG, JPEG)
 RESPONSE_TYPES = (JSON, JSONLINES, CSV)
 
 
-@functools.lru_cache(maxsize=64)
 def media_type(header: str | None) -> str:
     """`text/csv; charset=utf-8` -> `text/csv` (lower case, parameters dropped)."""
     if not header:
