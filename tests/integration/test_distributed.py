@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from byoctl.kit import idx, jobs
+from byoctl.kit.net import free_port_pair
 from byoctl.kit.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -81,7 +82,7 @@ def test_two_hosts_train_one_model_as_accurate_as_one_host(tmp_path, channels):
     assert proc.returncode == 0, out
     one_host = jobs.metrics_json(single)["validation_accuracy"]
 
-    bases = _cluster(tmp_path, channels, 9410)
+    bases = _cluster(tmp_path, channels, free_port_pair(HOSTS))
     procs = [jobs.start_train(b) for b in bases]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
@@ -105,7 +106,8 @@ def test_two_hosts_train_one_model_as_accurate_as_one_host(tmp_path, channels):
 
 def test_a_dead_peer_fails_the_survivor_within_peer_timeout(tmp_path, channels):
     # 129 images do not split over two hosts: each takes the nearest share, 65.
-    bases = _cluster(tmp_path, channels, 9420, epochs="50", log_interval="5", batch_size="129")
+    port = free_port_pair(HOSTS)
+    bases = _cluster(tmp_path, channels, port, epochs="50", log_interval="5", batch_size="129")
     procs = [jobs.start_train(b) for b in bases]
     try:
         # Wait until the second host is training, then kill it as a lost instance would vanish.
@@ -121,7 +123,7 @@ def test_a_dead_peer_fails_the_survivor_within_peer_timeout(tmp_path, channels):
     assert "host 127.0.0.2 stopped answering" in reason and "peer_timeout=15" in reason, reason
     assert "each device takes 65 images per step, a global batch of 130" in out, out
     # Servers and the scheduler die with their `train`, killed or failed.
-    wait_until(lambda: not _parameter_servers(9420), timeout=30, what="the parameter servers to exit")
+    wait_until(lambda: not _parameter_servers(port), timeout=30, what="the parameter servers to exit")
 
 
 SHARDED = {"inputdataconfig.json": {"training": {"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"},
@@ -132,7 +134,7 @@ def test_sharded_channels_are_used_as_given_and_hosts_agree_on_steps_and_where_t
     # Shards of unequal size, 64 images a step on each host (the global 128 over two): 3000 records on the first
     # host (46 steps), 2000 on the second (31).
     data = [idx.write_subsets(mnist_dir, tmp_path / f"data-{n}", n, 500) for n in (3000, 2000)]
-    bases = _cluster(tmp_path, data, 9430, SHARDED, epochs="1", log_interval="5")
+    bases = _cluster(tmp_path, data, free_port_pair(HOSTS), SHARDED, epochs="1", log_interval="5")
     outputs = _train_all(bases)
     for out, n in zip(outputs, (3000, 2000)):
         assert f"training mlp on {n} images" in out, out
@@ -141,13 +143,13 @@ def test_sharded_channels_are_used_as_given_and_hosts_agree_on_steps_and_where_t
     # A host without checkpoints (a replaced instance, a cleared folder): every host starts over.
     for path in (bases[1] / "checkpoints").iterdir():
         path.unlink()
-    outputs = _train_all(bases, epochs="2", ps_port="9440")
+    outputs = _train_all(bases, epochs="2", ps_port=str(free_port_pair(HOSTS)))
     for out in outputs:
         assert "resumed from" not in out and _epochs(out) == [1, 2], out
 
     # One host a checkpoint behind the other: both resume from the older position.
     for path in (bases[1] / "checkpoints").glob("checkpoint-127.0.0.2-e0002-*"):
         path.unlink()
-    outputs = _train_all(bases, epochs="3", ps_port="9450")
+    outputs = _train_all(bases, epochs="3", ps_port=str(free_port_pair(HOSTS)))
     for out in outputs:
         assert "resumed from epoch 1 step 0" in out and _epochs(out) == [2, 3], out

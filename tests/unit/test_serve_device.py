@@ -69,7 +69,6 @@ def test_each_new_worker_takes_the_lowest_free_slot(monkeypatch, slot):
 
     from mxnet_byoc.serve import server
 
-    monkeypatch.setattr(server, "_reuse_freed_memory", lambda: None)
     master = SimpleNamespace(WORKERS={})
     for pid in (101, 102, 103):
         worker = SimpleNamespace()
