@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from byoctl import mnist
-from byoctl.kit import KitError, bodies, idx, jobs, net, project
+from byoctl.kit import KitError, bodies, datasets, idx, jobs, net, project
 from byoctl.kit.docker import CPU_IMAGE, docker_command
 from byoctl.kit.servers import ContainerServer, Server
 
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> None:
         lap("image build")
 
     step("MNIST")
-    data = mnist.ensure(project.MNIST_CACHE, log=lambda m: say("  " + m))
+    data = datasets.find_mnist(log=lambda m: say("  " + m))
     say(f"  using {data}" + (" (MNIST_DIR)" if os.environ.get(mnist.MNIST_DIR_ENV) else ""))
     images, labels = idx.mnist_arrays(data, "test")
     lap("data")

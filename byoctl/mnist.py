@@ -94,14 +94,6 @@ def download(
     return target
 
 
-def ensure(cache_dir: Path, mirrors: Sequence[str] | None = None, log: Callable[[str], None] = print) -> Path:
-    """The folder holding MNIST: $MNIST_DIR when set (never written to), else `cache_dir`, downloaded."""
-    given = os.environ.get(MNIST_DIR_ENV)
-    if given:
-        return check_dir(Path(given))
-    return download(cache_dir, mirrors, log=log)
-
-
 def check_dir(folder: Path) -> Path:
     """`folder` if it holds the four files; a clear error naming the missing ones otherwise."""
     if not folder.is_dir():

@@ -155,7 +155,7 @@ def test_mnist_dir_is_used_without_downloading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path, good: _Mirror
 ) -> None:
     monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
-    assert mnist.ensure(tmp_path / "cache", [good.url]) == mnist_dir
+    assert datasets.find_mnist(tmp_path / "no-shared", tmp_path / "cache", [good.url]) == mnist_dir
     assert good.requests == []
     assert not (tmp_path / "cache").exists()
 
@@ -164,17 +164,18 @@ def test_mnist_dir_missing_files_is_a_clear_error(tmp_path: Path, monkeypatch: p
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"x")
     monkeypatch.setenv("MNIST_DIR", str(tmp_path))
     with pytest.raises(mnist.MnistError, match=r"lacks train-labels-idx1-ubyte.gz, t10k-images"):
-        mnist.ensure(tmp_path / "cache")
+        datasets.find_mnist(tmp_path / "no-shared", tmp_path / "cache")
     monkeypatch.setenv("MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(mnist.MnistError, match="is not a folder"):
-        mnist.ensure(tmp_path / "cache")
+        datasets.find_mnist(tmp_path / "no-shared", tmp_path / "cache")
 
 
 def test_without_mnist_dir_it_downloads_into_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, good: _Mirror
 ) -> None:
     monkeypatch.delenv("MNIST_DIR", raising=False)
-    assert mnist.ensure(tmp_path / "cache", [good.url], log=lambda _: None) == tmp_path / "cache"
+    found = datasets.find_mnist(tmp_path / "no-shared", tmp_path / "cache", [good.url], log=lambda _: None)
+    assert found == tmp_path / "cache"
     _assert_complete(tmp_path / "cache")
 
 
