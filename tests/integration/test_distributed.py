@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -124,6 +125,29 @@ def test_a_dead_peer_fails_the_survivor_within_peer_timeout(tmp_path, channels):
     assert "each device takes 65 images per step, a global batch of 130" in out, out
     # Servers and the scheduler die with their `train`, killed or failed.
     wait_until(lambda: not _parameter_servers(port), timeout=30, what="the parameter servers to exit")
+
+
+
+def test_a_host_failing_alone_leaves_at_once_and_its_peer_fails_too(tmp_path, channels):
+    # The second host's test channel is corrupt: it fails after joining the cluster, while its peer trains.
+    broken = tmp_path / "broken-data"
+    shutil.copytree(channels, broken)
+    (broken / "test" / "images.idx").write_bytes(b"\x00\x00\x08\x03not an image file")
+    port = free_port_pair(HOSTS)
+    bases = _cluster(tmp_path, [channels, broken], port, epochs="50")
+    procs = [jobs.start_train(b) for b in bases]
+    try:
+        # Bounded generously: before, the failed host hung for ever in ps-lite's shutdown, waiting for its peer.
+        out, _ = procs[1].communicate(timeout=120)
+        survivor, _ = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 1, out
+    assert "images.idx" in (bases[1] / "output" / "failure").read_text().splitlines()[0]
+    assert procs[0].returncode == 1, survivor
+    reason = (bases[0] / "output" / "failure").read_text().splitlines()[0]
+    assert "host 127.0.0.2 stopped answering" in reason, reason
 
 
 SHARDED = {"inputdataconfig.json": {"training": {"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"},

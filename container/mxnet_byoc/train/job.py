@@ -10,6 +10,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,11 @@ def _confusion(labels, predictions, classes: list[Any]) -> dict[str, Any]:
     return {"classes": classes, "rows": "true label", "columns": "predicted label", "matrix": matrix.tolist()}
 
 
+# Set once this process is a ps-lite worker. ps-lite's shutdown (at interpreter exit) waits for every other
+# worker to shut down too, so a host that fails alone would hang there for ever: it leaves with os._exit.
+_cluster_joined = threading.Event()
+
+
 def _abort(paths: environment.Paths, reason: str, servers: Any) -> None:
     """From the watchdog thread: the main thread may be stuck in a push that will never return."""
     environment.write_failure(paths, reason)
@@ -112,6 +118,7 @@ def run(env: TrainingEnv, should_stop) -> dict[str, Any]:
 
         if servers is not None:
             kvstore = mx.kv.create("dist_sync")
+            _cluster_joined.set()
             print(f"joined cluster: kvstore=dist_sync rank={kvstore.rank} workers={kvstore.num_workers} "
                   f"servers={len(res.hosts)} host={res.current_host} hosts={','.join(res.hosts)} "
                   f"scheduler={cluster.root}:{cluster.port}", flush=True)
@@ -219,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         stopped = isinstance(exc, Stopped)
         environment.write_failure(paths, reason, None if stopped else exc)
         print(f"ERROR: {reason}", file=sys.stderr, flush=True)
-        return EXIT_STOPPED if stopped else EXIT_FAILED
+        code = EXIT_STOPPED if stopped else EXIT_FAILED
+        if _cluster_joined.is_set():
+            sys.stdout.flush()
+            os._exit(code)  # the peers learn of it through the heartbeats (peer_timeout)
+        return code
 
 
 if __name__ == "__main__":
