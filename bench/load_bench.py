@@ -35,8 +35,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from byoctl.kit.servers import Server
 from mxnet_byoc.train import data as idx  # numpy only
-from serve_bench import CONTAINER, Server, ensure_wrk, mnist_dir, train_model
+from serve_bench import INVOCATIONS, ensure_wrk, mnist_dir, serve_process, train_model
 
 # Per-status counts come from the response() callback of every thread; wrk's summary has the rest.
 WRK_SCRIPT = """
@@ -215,7 +216,7 @@ class Killer(threading.Thread):
 
 
 def steady(wrk: str, script: Path, body: Path, server: Server, args: argparse.Namespace) -> LoadResult:
-    result = run_wrk(wrk, script, body, server.url, args.concurrency, args.seconds)
+    result = run_wrk(wrk, script, body, server.url(INVOCATIONS), args.concurrency, args.seconds)
     result.name = "steady"
     return result
 
@@ -226,7 +227,7 @@ def with_kills(wrk: str, script: Path, body: Path, server: Server, args: argpars
     poller.start()
     killer.start()
     try:
-        result = run_wrk(wrk, script, body, server.url, args.concurrency, args.seconds)
+        result = run_wrk(wrk, script, body, server.url(INVOCATIONS), args.concurrency, args.seconds)
     finally:
         killer.stop.set()
         killer.join()
@@ -308,8 +309,8 @@ def main() -> int:
         script, body = work / "post.lua", work / "one.json"
         script.write_text(WRK_SCRIPT)
         one_image_json(body)
-        server = Server([sys.executable, str(CONTAINER / "serve")], base, args.workers, work / "serve.log")
-        server.wait_all_loaded()
+        server = serve_process(base, args.workers, work / "serve.log")
+        server.wait_loaded()
         results = []
         if args.runs in ("both", "steady"):
             results.append(steady(wrk, script, body, server, args))

@@ -2,8 +2,9 @@
 """Script-mode serving against AWS's MXNet serving stack, on the same model and machine, in the same run.
 
 Two ways of serving the default MNIST cnn (trained by `container/train`, --epochs), one image per request:
-- "transform_fn": a user's inference script (model_fn loads the network as a Gluon block, transform_fn
-  reads JSON pixels and answers the predicted labels as JSON), in `model/code/inference.py`;
+- "transform_fn": a user's inference script (serve_bench.TRANSFORM_SCRIPT: model_fn loads the network as a
+  Gluon block, transform_fn reads JSON pixels and answers the predicted labels as JSON), in
+  `model/code/inference.py`;
 - "default handlers": an empty script, so AWS's default MXNet handlers serve the model: JSON pixels shaped
   (1, 1, 28, 28) in, the network's raw scores out as JSON.
 Each runs in our `serve` (gunicorn, its production settings) and in AWS's stack: Multi Model Server 1.1.11
@@ -42,36 +43,26 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from byoctl.kit.project import ROOT
+from byoctl.kit.servers import Server
 from mxnet_byoc.train import data as idx  # numpy only
-from serve_bench import WRK_SCRIPT, Server, ensure_program, ensure_wrk, mnist_dir, post, run_wrk, train_model
+from serve_bench import (
+    INVOCATIONS,
+    TRANSFORM_SCRIPT,
+    WRK_SCRIPT,
+    ensure_program,
+    ensure_wrk,
+    mnist_dir,
+    post,
+    run_wrk,
+    serve_process,
+    train_model,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVE = [sys.executable, str(ROOT / "container" / "serve")]
 AWS_STACK = ["multi-model-server==1.1.11", "sagemaker-mxnet-inference==1.5.5", "sagemaker-inference==1.6.1",
              "mxnet==1.9.1", "numpy==1.23.5"]
 CONCURRENCY = (1, 8, 32)
 TARGET = 2.0
-
-TRANSFORM_SCRIPT = '''\
-import json
-import os
-import random
-
-import mxnet as mx
-
-
-def model_fn(model_dir):
-    net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
-                                       os.path.join(model_dir, "model-0000.params"))
-    net.hybridize(static_alloc=True, static_shape=True)
-    return net
-
-
-def transform_fn(net, body, content_type, accept):
-    pixels = mx.nd.array(json.loads(body)).reshape((-1, 1, 28, 28))
-    labels = net(pixels).argmax(axis=1).asnumpy().astype(int).tolist()
-    return json.dumps({"predictions": labels}), "application/json"
-'''
 
 # What the MXNet container's entry point writes (sagemaker_inference.model_server) for one model.
 MMS_CONFIG = """\
@@ -138,14 +129,13 @@ class AwsServer(Server):
             [str(venv / "bin" / "multi-model-server"), "--start", "--foreground", "--mms-config", str(config),
              "--model-store", "/", "--models", f"model={model_dir}"],
             env=env, cwd=work, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}/invocations"
 
-    def wait_all_loaded(self, limit: float = 120) -> None:
+    def wait_loaded(self, timeout: float = 120) -> None:
         """Until every worker has answered once (MMS loads a worker's model at its first request)."""
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2) as answer:
+                with urllib.request.urlopen(self.url("/ping"), timeout=2) as answer:
                     if answer.status == 200:
                         return
             except (OSError, urllib.error.HTTPError):
@@ -155,18 +145,18 @@ class AwsServer(Server):
             time.sleep(0.2)
         sys.exit(f"Multi Model Server did not become healthy:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> int:
         """SIGTERM to the whole process group (the launcher, Java and the Python workers), then SIGKILL."""
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _group_alive(self.process.pid):
                 time.sleep(0.1)
             if _group_alive(self.process.pid):
                 os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.process.wait()
+        return self.process.wait()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -197,7 +187,7 @@ def first_answer(server: Server, body: bytes, limit: float = 120) -> bytes:
         if server.process.poll() is not None:
             sys.exit(f"the server exited:\n{server.log.read_text()[-3000:]}")
         try:
-            status, answer = post(server.url, body, "application/json", 10)
+            status, answer = post(server.url(INVOCATIONS), body, "application/json", 10)
             if status == 200:
                 return answer
         except OSError:
@@ -247,20 +237,18 @@ def main() -> None:
 
 def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: Path, model_dir: Path,
             program: str, work: Path, label: int, way: str) -> float:
-    os.environ["SAGEMAKER_PROGRAM"] = program  # what SageMaker sets; Server passes os.environ to `serve`
-    ours = Server(SERVE, model_dir.parent, args.workers, work / f"serve-{way}.log")
-    os.environ.pop("SAGEMAKER_PROGRAM")
+    ours = serve_process(model_dir.parent, args.workers, work / f"serve-{way}.log", {"SAGEMAKER_PROGRAM": program})
     theirs = AwsServer(venv, model_dir, program, args.workers, work, work / f"mms-{way}.log")
     runs: dict[int, tuple[list, list]] = {c: ([], []) for c in CONCURRENCY}
     try:
         mine, aws = first_answer(ours, body.read_bytes()), first_answer(theirs, body.read_bytes())
-        ours.wait_all_loaded()
-        theirs.wait_all_loaded()
+        ours.wait_loaded()
+        theirs.wait_loaded()
         for _ in range(2 * args.workers):  # MMS loads each worker's model at its first request
-            post(theirs.url, body.read_bytes(), "application/json", 30)
+            post(theirs.url(INVOCATIONS), body.read_bytes(), "application/json", 30)
         print(f"\n=== {way} ===\n  answers: ours {mine[:80]!r}..., AWS's {aws[:80]!r}...: "
               f"{'identical' if mine == aws else 'DIFFERENT'}", flush=True)
-        if way == "transform_fn" and json.loads(mine)["predictions"] != [label]:
+        if way == "transform_fn" and json.loads(mine)["predictions"] != [{"label": label}]:
             sys.exit(f"wrong prediction {mine!r}: expected {label}")
         if mine != aws:
             sys.exit("the two stacks answer differently")

@@ -3,7 +3,8 @@
 
 The plain endpoint is bench/trivial_app.py (a Flask view that reads the body and answers a constant) run as
 `gunicorn -w N trivial_app:app`, gunicorn's default settings: what a bare HTTP stack costs on this machine.
-For each model (the default cnn, then the mlp, each trained by `container/train`) it prints, in one run:
+For each model (the default cnn, then the mlp, each trained by `container/train`, then the same mlp through a
+user's `model_fn` and `transform_fn` in script mode) it prints, in one run:
 - one-image application/json at concurrency 1, 8 and 32: requests/s, p50 and p99 latency and server CPU
   per request, ours beside the plain endpoint's, and the ratio of the two;
 - where a worker's CPU goes per request (py-spy samples of one worker at concurrency 8, in stages: gunicorn,
@@ -25,10 +26,7 @@ import argparse
 import collections
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
+from byoctl.kit import datasets, jobs, net
+from byoctl.kit.project import ROOT
+from byoctl.kit.servers import Server
 from mxnet_byoc.train import data as idx  # numpy only
 
-ROOT = Path(__file__).resolve().parents[1]
-CONTAINER = ROOT / "container"
 CONCURRENCIES = (1, 8, 32)
+INVOCATIONS = "/invocations"
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -85,9 +85,9 @@ print(n * batch / (time.perf_counter() - start), (time.process_time() - cpu) / (
 STARTUP_PHASES = """
 import sys, time
 marks = [time.time()]
-from mxnet_byoc.serve import network, server
+from mxnet_byoc.serve import capi, network, server
 marks.append(time.time())
-network.library()
+capi.library()
 marks.append(time.time())
 model = network.Model(sys.argv[1])
 marks.append(time.time())
@@ -108,6 +108,9 @@ TARGET_PSS_MIB = 200
 STAGES = [  # (stage, the end of the frame's file path, its function names or None for any)
     ("idle", "/gunicorn/workers/sync.py", {"SyncWorker.wait"}),
     ("predict (forward pass)", "/serve/network.py", None),
+    ("user script: MXNet's Python (NDArray, Gluon)", "/mxnet/", None),  # the built-in path has no such frame
+    ("user script: its own lines, json, numpy", "/inference.py", None),
+    ("script mode: our handler wrapper", "/serve/script.py", None),
     ("encode the answer", "/serve/codecs.py", {"encode", "_label_pieces"}),
     ("JSON parse", "/serve/codecs.py", {"_parse_json"}),
     ("pixels to float32", "/serve/codecs.py", {"_stack", "_pixels", "_to_unit_range", "_one_to_unit_range",
@@ -150,98 +153,31 @@ def ensure_program(program: str, package: str) -> str:
 
 
 def mnist_dir() -> Path:
-    return Path(os.environ.get("MNIST_DIR") or ROOT.parent / "shared" / "mnist")
+    return datasets.find_mnist()
 
 
 def train_model(base: Path, model: str, epochs: int) -> Path:
-    channel = base / "input" / "data" / "training"
-    channel.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        (channel / name).symlink_to(mnist_dir() / name)
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps({"model": model, "epochs": str(epochs)}))
+    """A model directory from `container/train` on MNIST's training channel, in a job folder at `base`."""
+    jobs.make_job(base, mnist_dir(), {"model": model, "epochs": str(epochs)}, channels=("training",), link=True)
     print(f"training a {epochs}-epoch {model} with container/train ...", flush=True)
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(CONTAINER / "train")],
-                            env={**os.environ, "SAGEMAKER_BASE_DIR": str(base)}, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"container/train failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    print(f"  trained in {time.perf_counter() - started:.1f} s", flush=True)
+    run = jobs.run_train(base)
+    if run.returncode != 0:
+        sys.exit(f"container/train failed:\n{run.log[-4000:]}")
+    print(f"  trained in {run.seconds:.1f} s", flush=True)
     return base / "model"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def serve_process(base: Path, workers: int, log: Path, env: dict[str, str] | None = None) -> Server:
+    """`container/serve` on `base` with its production settings, `workers` workers and `env` on top."""
+    return Server(base, log, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers), **(env or {}))
 
 
-class Server:
-    """A gunicorn process tree on 127.0.0.1: `serve` with its settings from the environment, or `command`
-    run as it is (the plain endpoint) with `port` in it."""
-
-    def __init__(self, command: list[str], base: Path, workers: int, log: Path, port: int | None = None,
-                 cwd: Path | None = None, env: dict[str, str] | None = None):
-        self.port = port or free_port()
-        self.workers = workers
-        self.log = log
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(self.port),
-               "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MXNET_BYOC_SERVE_HOST": "127.0.0.1", **(env or {})}
-        env.pop("GUNICORN_CMD_ARGS", None)
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                        start_new_session=True, cwd=cwd)
-        self.url = f"http://127.0.0.1:{self.port}/invocations"
-
-    @classmethod
-    def plain(cls, base: Path, workers: int, log: Path) -> Server:
-        """`gunicorn -w N trivial_app:app`: gunicorn's defaults but for the port."""
-        port = free_port()
-        return cls([sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-                    "trivial_app:app"], base, workers, log, port=port, cwd=ROOT / "bench")
-
-    def wait_all_loaded(self, limit: float = 60) -> None:
-        """Until every worker has logged its model loaded: the first answer comes from one worker only."""
-        deadline = time.monotonic() + limit
-        while len(set(re.findall(r"model loaded from .* \(pid (\d+)\)", self.log.read_text()))) < self.workers:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                sys.exit(f"the workers did not load the model:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.02)
-
-    def pids(self) -> list[int]:
-        pids, queue = [], [self.process.pid]
-        while queue:
-            pid = queue.pop()
-            pids.append(pid)
-            for children in Path(f"/proc/{pid}/task").glob("*/children"):
-                queue.extend(int(c) for c in children.read_text().split())
-        return pids
-
-    def pss_kib(self) -> int:
-        total = 0
-        for pid in self.pids():
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        return total
-
-    def cpu_seconds(self) -> float:
-        """User and system time of the tree, reaped workers included (cutime, cstime)."""
-        total = 0
-        for pid in self.pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+def plain_endpoint(base: Path, workers: int, log: Path) -> Server:
+    """`gunicorn -w N trivial_app:app`: gunicorn's defaults but for the port."""
+    port = net.free_port()
+    command = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT / "bench"), "-w", str(workers),
+               "-b", f"127.0.0.1:{port}", "trivial_app:app"]
+    return Server(base, log, command, port=port, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers))
 
 
 def post(url: str, body: bytes, content_type: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -260,7 +196,7 @@ def wait_for_label(server: Server, body: bytes, label: int | None, limit: float 
         if server.process.poll() is not None:
             sys.exit(f"the server exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
         try:
-            status, answer = post(server.url, body, "application/json")
+            status, answer = post(server.url(INVOCATIONS), body, "application/json")
             if status == 200 and (label is None or json.loads(answer)["predictions"][0]["label"] == label):
                 return time.perf_counter() - server.started
         except OSError:
@@ -270,7 +206,8 @@ def wait_for_label(server: Server, body: bytes, label: int | None, limit: float 
 
 
 def wrk_command(wrk: str, script: Path, server: Server, connections: int, duration: float) -> list[str]:
-    return [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), server.url]
+    return [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
+            server.url(INVOCATIONS)]
 
 
 def wrk_result(stdout: str) -> tuple[int, float, float, float]:
@@ -364,14 +301,14 @@ def print_profiles(ours: collections.Counter | str, plain: collections.Counter |
     if isinstance(ours, str) or isinstance(plain, str):
         print(f"  skipped: {ours if isinstance(ours, str) else plain}")
         return
-    print(f"  {'stage':40} {'ours':>6} {'us/req':>7} | {'plain':>6} {'us/req':>7}")
+    print(f"  {'stage':46} {'ours':>6} {'us/req':>7} | {'plain':>6} {'us/req':>7}")
     for name, _ in (ours + plain).most_common():
         cells = []
         for stages, cpu in zip((ours, plain), cpu_us):
             share = stages[name] / max(1, sum(stages.values()))
             cells.append(f"{share * 100:>5.1f}% {share * cpu:>7.0f}" if stages[name] else f"{'-':>6} {'-':>7}")
-        print(f"  {name:40} {cells[0]} | {cells[1]}")
-    print(f"  {'all (server CPU per request)':40} {'':>6} {cpu_us[0]:>7.0f} | {'':>6} {cpu_us[1]:>7.0f}")
+        print(f"  {name:46} {cells[0]} | {cells[1]}")
+    print(f"  {'all (server CPU per request)':46} {'':>6} {cpu_us[0]:>7.0f} | {'':>6} {cpu_us[1]:>7.0f}")
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:
@@ -384,16 +321,53 @@ class Subject:
 
     name: str
     base: Path
-    target: float  # one-image JSON req/s over the plain endpoint's
+    target: float | None  # one-image JSON req/s over the plain endpoint's (None: no target, shown only)
     label: str
     env: dict[str, str] = field(default_factory=dict)
+    built_in: bool = True  # our own digit path, whose start-up phases can be timed in one process
 
 
-def transform_fn_subject(work: Path, mlp_base: Path) -> Subject | None:
-    """The hook for script mode (issue 13): once `serve` runs a user's inference module (SAGEMAKER_PROGRAM),
-    return a Subject that serves the mlp through a user `transform_fn` (its module written under `work`,
-    its environment in `env`, target 0.8); it is then measured like the built-in models. None until then."""
-    return None
+# A user's inference module for the digit networks, as a user would write it for AWS's MXNet container: the
+# network as a Gluon block; JSON pixels ({"instances": ...} or a bare array, 0-255 or 0-1) or npy batches (uint8
+# or float32) in, labels out. script_serve_bench.py serves it too.
+TRANSFORM_SCRIPT = """\
+import io
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+
+
+def model_fn(model_dir):
+    net = mx.gluon.SymbolBlock.imports(os.path.join(model_dir, "model-symbol.json"), ["data"],
+                                       os.path.join(model_dir, "model-0000.params"))
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def transform_fn(net, body, content_type, accept):
+    if content_type == "application/x-npy":
+        pixels = np.load(io.BytesIO(body))
+    else:
+        data = json.loads(body)
+        pixels = np.asarray(data["instances"] if isinstance(data, dict) else data, dtype=np.float32)
+    pixels = pixels.astype(np.float32) / 255 if pixels.dtype != np.float32 or pixels.max() > 1 else pixels
+    labels = net(mx.nd.array(pixels.reshape(-1, 1, 28, 28))).argmax(axis=1).asnumpy().astype(int)
+    return json.dumps({"predictions": [{"label": int(x)} for x in labels]}), "application/json"
+"""
+
+
+def transform_fn_subject(work: Path, mlp_base: Path) -> Subject:
+    """The mlp served through a user's `model_fn` and `transform_fn` (script mode: model/code/inference.py,
+    as the SDK repacks an entry_point), measured like the built-in models."""
+    base = work / "transform_fn"
+    shutil.copytree(mlp_base / "model", base / "model")
+    code = base / "model" / "code"
+    code.mkdir()
+    (code / "inference.py").write_text(TRANSFORM_SCRIPT)
+    return Subject("transform_fn", base, None, "the same mlp through a user's transform_fn "
+                   "(model/code/inference.py)", env={"SAGEMAKER_PROGRAM": "inference.py"}, built_in=False)
 
 
 def main() -> None:
@@ -425,9 +399,8 @@ def main() -> None:
             subjects.append(Subject(name, base, TARGET_ONE_IMAGE[name], f"{args.epochs}-epoch {name} from "
                                     "container/train"))
         mlp = next((s for s in subjects if s.name in ("mlp", "given")), None)
-        script_mode = transform_fn_subject(work, mlp.base) if mlp else None
-        if script_mode:
-            subjects.append(script_mode)
+        if mlp:
+            subjects.append(transform_fn_subject(work, mlp.base))
         summaries = {}
         for subject in subjects:
             print(f"\n=== {subject.label} ===", flush=True)
@@ -452,16 +425,22 @@ def print_targets(summaries: dict[str, dict], subjects: list[Subject], workers: 
         s = summaries[subject.name]
         for c in CONCURRENCIES:
             ratio, ours, plain = s["json"][c]
+            goal = (f"[>= {subject.target:.2f}] {verdict(ratio >= subject.target)}" if subject.target
+                    else "(shown: issue 14 sets no target for a user's own code)")
             print(f"  {subject.name}: one-image JSON at concurrency {c:>2}: {ours:,.0f} req/s, plain {plain:,.0f}: "
-                  f"{ratio:.3f} [>= {subject.target:.2f}] {verdict(ratio >= subject.target)}")
+                  f"{ratio:.3f} {goal}")
     for subject in subjects:
         s = summaries[subject.name]
-        if "batch_ratio" in s:
+        if subject.built_in:
             print(f"  {subject.name}: 1,000-image uint8 npy: {s['batch_rate']:,.0f} images/s, in-process forward "
                   f"pass on every core {s['forward_rate']:,.0f}: {s['batch_ratio']:.3f} [>= {TARGET_BATCH_RATIO:.2f}] "
                   f"{verdict(s['batch_ratio'] >= TARGET_BATCH_RATIO)}")
     for subject in subjects:
         s = summaries[subject.name]
+        if not subject.built_in:
+            print(f"  {subject.name}: start of serve to the first correct prediction {s['startup_s']:.2f} s, "
+                  f"PSS {s['pss_mib']:.0f} MiB (shown, no target)")
+            continue
         print(f"  {subject.name}: start of serve to the first correct prediction: {s['startup_s']:.2f} s "
               f"[< {TARGET_STARTUP_S}] {verdict(s['startup_s'] < TARGET_STARTUP_S)}")
         print(f"  {subject.name}: PSS of the serving process tree with {workers} workers: {s['pss_mib']:.0f} MiB "
@@ -475,7 +454,6 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
     labels = idx.read_idx(mnist_dir() / "t10k-labels-idx1-ubyte.gz")
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
-    serve = [sys.executable, str(CONTAINER / "serve")]
     bodies = {"json": work / "one.json", "uint8": work / "batch-uint8.npy", "float32": work / "batch-float32.npy"}
     np.save(bodies["uint8"], images[:1000])
     np.save(bodies["float32"], images[:1000].astype(np.float32) / 255)
@@ -485,12 +463,12 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
     # Start-up: from launching `serve` to the first request answered with the right label.
     startups, digit, label = [], None, None
     for _ in range(4):  # the first start finds the digit, the next three are timed
-        server = Server(serve, base, args.workers, work / "startup.log", env=subject.env)
+        server = serve_process(base, args.workers, work / "startup.log", subject.env)
         try:
             if digit is None:  # a test digit this model gets right, found through the server itself
                 wait_for_label(server, json.dumps({"instances": [images[0].tolist()]}).encode(), None)
-                server.wait_all_loaded()
-                status, answer = post(server.url, bodies["uint8"].read_bytes(), "application/x-npy", 30)
+                server.wait_loaded()
+                status, answer = post(server.url(INVOCATIONS), bodies["uint8"].read_bytes(), "application/x-npy", 30)
                 if status != 200:
                     sys.exit(f"the server answered {status}: {answer[:500]!r}")
                 found = np.array([p["label"] for p in json.loads(answer)["predictions"]])
@@ -503,14 +481,14 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
         finally:
             server.stop()
 
-    ours = Server(serve, base, args.workers, work / "serve.log", env=subject.env)
-    plain = Server.plain(base, args.workers, work / "plain.log")
+    ours = serve_process(base, args.workers, work / "serve.log", subject.env)
+    plain = plain_endpoint(base, args.workers, work / "plain.log")
     json_runs: dict[int, tuple[list, list]] = {c: ([], []) for c in CONCURRENCIES}
     batch_runs: dict[str, list] = {"uint8": [], "float32": []}
     forwards: list[dict[str, float]] = []
     try:
         wait_for_label(ours, digit, label)
-        ours.wait_all_loaded()
+        ours.wait_loaded()
         wait_for_label(plain, b"{}", None)
         for round_ in range(args.rounds):
             for c, (mine, theirs) in json_runs.items():
@@ -560,10 +538,11 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
 
     print(f"\nstart of `serve` to first correct prediction: median {statistics.median(startups):.2f} s "
           f"(runs: {', '.join(f'{s:.2f}' for s in startups)})")
-    phases = [startup_phases(model_dir, subject.env) for _ in range(3)]
-    print("  the same work in one process without gunicorn (medians of 3): " + ", ".join(
-        f"{name} {statistics.median(p[i] for p in phases):.2f} s" for i, name in enumerate(STARTUP_PHASE_NAMES))
-        + f"; in all {statistics.median(sum(p) for p in phases):.2f} s")
+    phases = [startup_phases(model_dir, subject.env) for _ in range(3 if subject.built_in else 0)]
+    if phases:
+        print("  the same work in one process without gunicorn (medians of 3): " + ", ".join(
+            f"{name} {statistics.median(p[i] for p in phases):.2f} s" for i, name in enumerate(STARTUP_PHASE_NAMES))
+            + f"; in all {statistics.median(sum(p) for p in phases):.2f} s")
     print(f"PSS of the serving process tree ({args.workers} workers, after the load): {pss / 1024:.0f} MiB")
     uint8 = batch_runs["uint8"]
     summary.update({

@@ -55,11 +55,13 @@ class _Server:
 class Server(_Server):
     """`container/serve` (or another gunicorn `command` with serve's settings) as a process on a free
     127.0.0.1 port, with SAGEMAKER_BASE_DIR=`base`, its output in `log`, and `env` on top of this
-    environment (SAGEMAKER_MODEL_SERVER_WORKERS defaults to 2)."""
+    environment (SAGEMAKER_MODEL_SERVER_WORKERS defaults to 2). `port`: the one a `command` that does not
+    read SAGEMAKER_BIND_TO_PORT has been told to bind."""
 
-    def __init__(self, base: Path, log: Path, command: Sequence[str] | None = None, **env: str):
+    def __init__(self, base: Path, log: Path, command: Sequence[str] | None = None, port: int | None = None,
+                 **env: str):
         self.base, self.log = Path(base), Path(log)
-        self.port = net.free_port()
+        self.port = port or net.free_port()
         self.workers = int(env.get(WORKERS, "2"))
         self.command = list(command or [str(project.python_bin() / "python"), str(project.SERVE)])
         self.env = {

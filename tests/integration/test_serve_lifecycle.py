@@ -168,7 +168,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits(start_server, tmp_
 
 @pytest.mark.slow
 def test_sigterm_stops_serve_even_when_a_client_stalls(start_server, tmp_path, trained_model_dir):
-    """The stalled request is cut at the end of the grace period (test_server_config: below SageMaker's 30 s)."""
+    """The stalled request is cut at the end of the grace period (test_settings: below SageMaker's 30 s)."""
     base = tmp_path / "ml"
     shutil.copytree(trained_model_dir, base / "model")
     server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="1")

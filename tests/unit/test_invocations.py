@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mxnet_byoc.serve import app as predictor
-from mxnet_byoc.serve import codecs, errors, server, settings
+from mxnet_byoc.serve import codecs, error_response, server, settings
 
 
 def config(**changes) -> settings.ServerConfig:
@@ -135,7 +135,7 @@ def test_every_error_path_gives_the_renderers_bytes(tmp_path):
         (client.post("/invocations", data=b"x", content_type="a/b"), 400),  # the /invocations callable
     ]
     for response, status in cases:
-        status_line, headers, body = errors.render(status, response.get_json()["error"])
+        status_line, headers, body = error_response.render(status, response.get_json()["error"])
         assert response.status == status_line and response.data == body
         assert [(k, v) for k, v in response.headers.items() if k in ("Content-Type", "Content-Length")] == headers
     ours, theirs = socket.socketpair()
@@ -144,7 +144,7 @@ def test_every_error_path_gives_the_renderers_bytes(tmp_path):
         ours.close()
         received = theirs.recv(65536)
     head, _, body = received.partition(b"\r\n\r\n")
-    status_line, headers, expected = errors.render(400, "Invalid Content-Length", [("Connection", "close")])
+    status_line, headers, expected = error_response.render(400, "Invalid Content-Length", [("Connection", "close")])
     assert head.decode().split("\r\n") == [f"HTTP/1.1 {status_line}", *(f"{k}: {v}" for k, v in headers)]
     assert body == expected == b'{"error":"Invalid Content-Length"}'
 

@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import modeldir
 from ..errors import ReasonError
-from . import codecs, digits, errors, network, settings
+from . import capi, codecs, digits, error_response, settings
 from .handler import Handler, Load
 from .mediatypes import JSON
 
@@ -37,7 +37,7 @@ DRAIN_LIMIT = 128 * settings.MIB  # read at most this much of a refused body (se
 
 log = logging.getLogger("mxnet_byoc.predictor")
 # A load failing with one of these is explained by its message (a user's traceback is logged where it arose).
-REASON_ERRORS = (ReasonError, network.InferenceError)
+REASON_ERRORS = (ReasonError, capi.InferenceError)
 
 
 class ModelLoader:
@@ -133,7 +133,7 @@ def create_app(model_dir: str | Path | None = None, config: settings.ServerConfi
     @app.errorhandler(Exception)
     def server_error(e: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return _error(500, errors.internal_error(e))
+        return _error(500, error_response.internal_error(e))
 
     app.wsgi_app = _Mount("/invocations", Invocations(loader, config), app.wsgi_app)  # type: ignore[method-assign]
     loader.start()
@@ -144,8 +144,8 @@ def _json(document: object) -> Response:
     return Response(orjson.dumps(document), status=200, mimetype=JSON)
 
 
-def _error(status: int, message: str, headers: errors.Headers | None = None) -> Response:
-    status_line, all_headers, body = errors.render(status, message, headers)
+def _error(status: int, message: str, headers: error_response.Headers | None = None) -> Response:
+    status_line, all_headers, body = error_response.render(status, message, headers)
     return Response(body, status=status_line, headers=all_headers)
 
 
@@ -179,12 +179,12 @@ class Invocations:
             return _error_answer(start_response, e.status, str(e))
         except Exception as e:  # a real fault: logged with its traceback; the worker goes on serving
             log.exception("unexpected error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return _error_answer(start_response, 500, errors.internal_error(e))
+            return _error_answer(start_response, 500, error_response.internal_error(e))
 
 
 def _error_answer(start_response: Any, status: int, message: str,
-                  headers: errors.Headers | None = None) -> list[bytes]:
-    status_line, all_headers, body = errors.render(status, message, headers)
+                  headers: error_response.Headers | None = None) -> list[bytes]:
+    status_line, all_headers, body = error_response.render(status, message, headers)
     start_response(status_line, all_headers)
     return [body]
 

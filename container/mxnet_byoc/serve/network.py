@@ -1,9 +1,8 @@
 """A model directory loaded into MXNet's C predict API, and predictions on image arrays.
 
-Why the C API through ctypes, not the mxnet Python package: importing the package costs about a second
-and 70 MB per process, and a Gluon block or Python executor called per request spends more time in
-Python than in the network (docs: one-image throughput 48-56% of a trivial endpoint, against about
-70% here). libmxnet.so is loaded straight from the installed mxnet package.
+Why the C API through ctypes (capi.py), not the mxnet Python package: importing the package costs about a
+second and 70 MB per process, and a Gluon block called per request spends more time in MXNet's Python than the
+network does (bench/serve_bench.py serves the same mlp both ways and prints where each request's CPU goes).
 
 Serving one image must be cheap and a batch must use the CPU well, so the network is bound at a few
 batch sizes (1, 8, 32, 128: for the MLP a 128-image chunk ran as fast per image as a 1,000-image bind,
@@ -14,10 +13,8 @@ padding, no re-binding per request, and activations bounded by the largest chunk
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import math
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,50 +23,11 @@ from typing import Any
 import numpy as np
 
 from .. import modeldir
-from . import settings
+from .capi import InferenceError, check, library
 from .device import CPU, Device
 
 BATCH_SIZES = (128, 32, 8, 1)  # largest first: the greedy split takes the largest that fits
 PROBABILITY_HEADS = {"softmax", "SoftmaxActivation"}  # networks that already end in probabilities
-
-_lib: ctypes.CDLL | None = None
-_lib_lock = threading.Lock()
-
-
-class InferenceError(RuntimeError):
-    """MXNet refused the model or a prediction; the message is MXNet's."""
-
-
-def library() -> ctypes.CDLL:
-    """libmxnet.so, loaded once per process (the mxnet Python package is never imported)."""
-    global _lib
-    with _lib_lock:
-        if _lib is None:
-            path = os.environ.get(settings.MXNET_LIBRARY_PATH) or _packaged_library()
-            lib = ctypes.CDLL(path, ctypes.RTLD_LOCAL)
-            lib.MXGetLastError.restype = ctypes.c_char_p
-            # Declared so that plain ints pass as pointers and sizes: this is the per-request path.
-            handle, pointer, size = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32
-            lib.MXPredSetInput.argtypes = [handle, ctypes.c_char_p, pointer, size]
-            lib.MXPredForward.argtypes = [handle]
-            lib.MXPredGetOutput.argtypes = [handle, size, pointer, size]
-            _lib = lib
-        return _lib
-
-
-def _packaged_library() -> str:
-    # find_spec locates the package without running its __init__ (which would import all of MXNet).
-    spec = importlib.util.find_spec("mxnet")
-    if spec is None or not spec.submodule_search_locations:
-        raise InferenceError("the mxnet package is not installed and MXNET_LIBRARY_PATH is not set")
-    return os.path.join(list(spec.submodule_search_locations)[0], "libmxnet.so")
-
-
-def _check(code: int) -> None:
-    if code != 0:
-        message = library().MXGetLastError() or b"unknown MXNet error"
-        raise InferenceError(message.decode(errors="replace").strip())
-
 
 class Model:
     """A loaded network: `predict` maps float32 (N, C, H, W) in [0, 1] to (N, K) class probabilities.
@@ -130,7 +88,7 @@ class Model:
                     if (lib.MXPredSetInput(handle, key, source + done * in_bytes, in_size)
                             or lib.MXPredForward(handle)
                             or lib.MXPredGetOutput(handle, 0, target + done * out_bytes, out_size)):
-                        _check(-1)
+                        check(-1)
                     done += size
         return out
 
@@ -152,7 +110,7 @@ class Model:
     def _create(self, symbol_json: bytes, params: bytes, size: int) -> ctypes.c_void_p:
         keys, indptr, shape = self._shape_args(size)
         handle = ctypes.c_void_p()
-        _check(library().MXPredCreate(
+        check(library().MXPredCreate(
             ctypes.c_char_p(symbol_json), ctypes.c_char_p(params), ctypes.c_int(len(params)),
             ctypes.c_int(self.device.dev_type), ctypes.c_int(self.device.dev_id), ctypes.c_uint32(1), keys, indptr,
             shape, ctypes.byref(handle),
@@ -164,7 +122,7 @@ class Model:
         # A reshaped predictor shares the weights of the first: one copy of the parameters in memory.
         keys, indptr, shape = self._shape_args(size)
         reshaped = ctypes.c_void_p()
-        _check(library().MXPredReshape(ctypes.c_uint32(1), keys, indptr, shape, handle, ctypes.byref(reshaped)))
+        check(library().MXPredReshape(ctypes.c_uint32(1), keys, indptr, shape, handle, ctypes.byref(reshaped)))
         return reshaped
 
     def _shape_args(self, size: int) -> tuple[Any, Any, Any]:
@@ -176,7 +134,7 @@ class Model:
     def _output_width(self, handle: ctypes.c_void_p) -> int:
         data = ctypes.POINTER(ctypes.c_uint32)()
         ndim = ctypes.c_uint32()
-        _check(library().MXPredGetOutputShape(handle, ctypes.c_uint32(0), ctypes.byref(data), ctypes.byref(ndim)))
+        check(library().MXPredGetOutputShape(handle, ctypes.c_uint32(0), ctypes.byref(data), ctypes.byref(ndim)))
         shape = [data[i] for i in range(ndim.value)]
         if len(shape) < 2 or shape[0] != BATCH_SIZES[-1]:
             raise modeldir.ModelDirError(f"{self.model_dir}: network output shape {shape} is not (batch, classes)")
@@ -219,15 +177,15 @@ def _with_softmax(symbol_json: bytes) -> bytes:
     lib = library()
     symbol, output, softmax, op = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
     try:
-        _check(lib.MXSymbolCreateFromJSON(ctypes.c_char_p(symbol_json), ctypes.byref(symbol)))
-        _check(lib.MXSymbolGetOutput(symbol, ctypes.c_uint32(0), ctypes.byref(output)))
-        _check(lib.NNGetOpHandle(b"softmax", ctypes.byref(op)))
+        check(lib.MXSymbolCreateFromJSON(ctypes.c_char_p(symbol_json), ctypes.byref(symbol)))
+        check(lib.MXSymbolGetOutput(symbol, ctypes.c_uint32(0), ctypes.byref(output)))
+        check(lib.NNGetOpHandle(b"softmax", ctypes.byref(op)))
         keys, values = _c_strings(["axis"]), _c_strings(["1"])
-        _check(lib.MXSymbolCreateAtomicSymbol(op, ctypes.c_uint32(1), keys, values, ctypes.byref(softmax)))
+        check(lib.MXSymbolCreateAtomicSymbol(op, ctypes.c_uint32(1), keys, values, ctypes.byref(softmax)))
         args = (ctypes.c_void_p * 1)(output)
-        _check(lib.MXSymbolCompose(softmax, b"byoc_softmax", ctypes.c_uint32(1), None, args))
+        check(lib.MXSymbolCompose(softmax, b"byoc_softmax", ctypes.c_uint32(1), None, args))
         text = ctypes.c_char_p()
-        _check(lib.MXSymbolSaveToJSON(softmax, ctypes.byref(text)))
+        check(lib.MXSymbolSaveToJSON(softmax, ctypes.byref(text)))
         return bytes(text.value or b"")
     except InferenceError as e:
         raise modeldir.ModelDirError(f"{modeldir.SYMBOL_FILE} cannot be read by MXNet: {e}") from None

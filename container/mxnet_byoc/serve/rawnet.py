@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import modeldir
+from .capi import InferenceError, check, library
 from .device import Device
-from .network import InferenceError, _check, library
 
 
 class Network:
@@ -40,7 +40,7 @@ class Network:
         indptr = (ctypes.c_uint32 * 2)(0, len(self.input_shape))
         shape = (ctypes.c_uint32 * len(self.input_shape))(*self.input_shape)
         try:
-            _check(self._lib.MXPredCreate(
+            check(self._lib.MXPredCreate(
                 ctypes.c_char_p(symbol_json), ctypes.c_char_p(params), ctypes.c_int(len(params)),
                 ctypes.c_int(device.dev_type), ctypes.c_int(device.dev_id), ctypes.c_uint32(1), keys, indptr, shape,
                 ctypes.byref(self._handle)))
@@ -65,7 +65,7 @@ class Network:
                 if (lib.MXPredSetInput(handle, key, source + 4 * size * i, size)
                         or lib.MXPredForward(handle)
                         or lib.MXPredGetOutput(handle, 0, target + 4 * out_size * i, out_size)):
-                    _check(-1)
+                    check(-1)
         return out
 
     def close(self) -> None:
@@ -76,7 +76,7 @@ class Network:
     def _output_shape(self) -> tuple[int, ...]:
         data = ctypes.POINTER(ctypes.c_uint32)()
         ndim = ctypes.c_uint32()
-        _check(self._lib.MXPredGetOutputShape(self._handle, ctypes.c_uint32(0), ctypes.byref(data),
+        check(self._lib.MXPredGetOutputShape(self._handle, ctypes.c_uint32(0), ctypes.byref(data),
                                               ctypes.byref(ndim)))
         return tuple(data[i] for i in range(ndim.value))
 

@@ -17,7 +17,7 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
-from . import device, digits, errors, selection, settings
+from . import device, digits, error_response, selection, settings
 from .app import LOADER_KEY, ModelLoader, create_app
 from .handler import Load
 
@@ -128,7 +128,7 @@ class RequestLog(glogging.Logger):
 
 def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's own answers (a request it cannot parse; an error outside the app) in the app's error form."""
-    status_line, headers, body = errors.render(status_int, mesg or reason, [("Connection", "close")], reason)
+    status_line, headers, body = error_response.render(status_int, mesg or reason, [("Connection", "close")], reason)
     head = "".join([f"HTTP/1.1 {status_line}\r\n", *(f"{k}: {v}\r\n" for k, v in headers), "\r\n"])
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mxnet_byoc.serve import network, settings
+from mxnet_byoc.serve import capi, settings
 from mxnet_byoc.serve.settings import ConfigError, from_env
 
 
@@ -77,8 +77,8 @@ def test_cpu_count_is_capped_by_a_cgroup_quota(tmp_path, cpu_max, expected):
 
 
 def test_mxnet_library_path_names_the_libmxnet_that_is_loaded(tmp_path):
-    code = "from mxnet_byoc.serve import network; print(network.library()._name)"
-    (tmp_path / "elsewhere").symlink_to(os.path.dirname(network._packaged_library()))  # its libraries beside it
+    code = "from mxnet_byoc.serve import capi; print(capi.library()._name)"
+    (tmp_path / "elsewhere").symlink_to(os.path.dirname(capi._packaged_library()))  # its libraries beside it
     link = str(tmp_path / "elsewhere" / "libmxnet.so")
     for given in (link, str(tmp_path / "missing.so")):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
