@@ -289,7 +289,8 @@ def profile(wrk: str, script: Path, server: Server, body: Path, seconds: float, 
     stages: collections.Counter = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        stages[stage_of(stack.split(";"))] += int(count)
+        if count.isdigit():  # py-spy may add a line of its own (a warning) to the samples
+            stages[stage_of(stack.split(";"))] += int(count)
     stages.pop("idle", None)
     return stages
 
