@@ -235,3 +235,27 @@ def test_hosts_that_never_resolve_are_the_reason(tmp_path, monkeypatch):
             signal.signal(sig, handler)
     assert (base / "output" / "failure").read_text().startswith("hosts ['algo-2'] did not resolve within 900 s")
     assert not (code / "ran").exists()
+
+
+@pytest.mark.parametrize("switch", ["sagemaker_mpi_enabled", "sagemaker_distributed_dataparallel_enabled"])
+def test_a_distribution_the_image_lacks_fails_the_job_before_the_script_runs(tmp_path, switch):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("open('ran', 'w')\n")
+    base = job(tmp_path / "ml", {"sagemaker_program": "train.py", "sagemaker_submit_directory": str(code),
+                                 switch: "true"})
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert runner.run(base) == runner.EXIT_FAILED
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    reason = (base / "output" / "failure").read_text()
+    assert reason.startswith(f"{switch}: ") and "parameter server" in reason
+    assert not (code / "ran").exists()
+
+
+def test_a_distribution_switched_off_is_no_reason_to_refuse(tmp_path):
+    base = job(tmp_path, {"sagemaker_program": "train.py", "sagemaker_mpi_enabled": "false",
+                          "sagemaker_distributed_dataparallel_enabled": "False"})
+    runner.refuse_unsupported_distribution(smenv.ScriptEnv.load(base))

@@ -98,6 +98,22 @@ def command(env: smenv.ScriptEnv, code_dir: Path) -> list[str]:
     return [sys.executable, "--", name, *args]
 
 
+# Distributions AWS's MXNet containers ran and this image cannot (no MPI, no Horovod, no SageMaker data parallel
+# library): refused before anything runs, rather than the script run alone on every host as if it were a cluster.
+UNSUPPORTED_DISTRIBUTIONS = {
+    "sagemaker_mpi_enabled": "MPI (Horovod)",
+    "sagemaker_distributed_dataparallel_enabled": "SageMaker's distributed data parallel library",
+}
+
+
+def refuse_unsupported_distribution(env: smenv.ScriptEnv) -> None:
+    """ScriptError naming the switch when the job asks for a distribution this image does not have."""
+    for switch, what in UNSUPPORTED_DISTRIBUTIONS.items():
+        if smenv.switched_on(env.additional_framework_parameters.get(switch, False)):
+            raise ScriptError(f"{switch}: {what} is not in this image; for several hosts use MXNet's parameter "
+                              "server (distribution={'parameter_server': {'enabled': True}}, kvstore='dist_sync')")
+
+
 def _is_package(env: smenv.ScriptEnv, code_dir: Path) -> bool:
     name = env.user_entry_point or ""
     return not name.endswith(".sh") and (code_dir / "setup.py").is_file()
@@ -218,6 +234,7 @@ def run(base: Path) -> int:
     try:
         env = smenv.ScriptEnv.load(base)
         name = env.user_entry_point or ""
+        refuse_unsupported_distribution(env)
         code_dir = usercode.fetch(env.module_dir, base / "code", env.region)
         if _is_package(env, code_dir):
             usercode.install_package(code_dir)
