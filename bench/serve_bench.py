@@ -325,7 +325,11 @@ class Subject:
     target: float | None  # one-image JSON req/s over the plain endpoint's (None: no target, shown only)
     label: str
     env: dict[str, str] = field(default_factory=dict)
-    built_in: bool = True  # our own digit path, whose start-up phases can be timed in one process
+
+    @property
+    def built_in(self) -> bool:
+        """Our own digit path (no user script), whose start-up phases can be timed in one process."""
+        return "SAGEMAKER_PROGRAM" not in self.env
 
 
 # A user's inference module for the digit networks, as a user would write it for AWS's MXNet container: the
@@ -368,7 +372,7 @@ def transform_fn_subject(work: Path, mlp_base: Path) -> Subject:
     code.mkdir()
     (code / "inference.py").write_text(TRANSFORM_SCRIPT)
     return Subject("transform_fn", base, None, "the same mlp through a user's transform_fn "
-                   "(model/code/inference.py)", env={"SAGEMAKER_PROGRAM": "inference.py"}, built_in=False)
+                   "(model/code/inference.py)", env={"SAGEMAKER_PROGRAM": "inference.py"})
 
 
 def main() -> None:
@@ -539,8 +543,8 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
 
     print(f"\nstart of `serve` to first correct prediction: median {statistics.median(startups):.2f} s "
           f"(runs: {', '.join(f'{s:.2f}' for s in startups)})")
-    phases = [startup_phases(model_dir, subject.env) for _ in range(3 if subject.built_in else 0)]
-    if phases:
+    if subject.built_in:
+        phases = [startup_phases(model_dir, subject.env) for _ in range(3)]
         print("  the same work in one process without gunicorn (medians of 3): " + ", ".join(
             f"{name} {statistics.median(p[i] for p in phases):.2f} s" for i, name in enumerate(STARTUP_PHASE_NAMES))
             + f"; in all {statistics.median(sum(p) for p in phases):.2f} s")

@@ -101,8 +101,8 @@ def command(env: smenv.ScriptEnv, code_dir: Path) -> list[str]:
 # Distributions AWS's MXNet containers ran and this image cannot (no MPI, no Horovod, no SageMaker data parallel
 # library): refused before anything runs, rather than the script run alone on every host as if it were a cluster.
 UNSUPPORTED_DISTRIBUTIONS = {
-    "sagemaker_mpi_enabled": "MPI (Horovod)",
-    "sagemaker_distributed_dataparallel_enabled": "SageMaker's distributed data parallel library",
+    smenv.MPI: "MPI (Horovod)",
+    smenv.DATA_PARALLEL: "SageMaker's distributed data parallel library",
 }
 
 

@@ -42,8 +42,10 @@ SAGEMAKER_PREFIX = "sagemaker_"
 # The toolkit's own settings: neither the script's hyperparameters nor "additional framework parameters".
 TOOLKIT_PARAMETERS = (PROGRAM, SUBMIT_DIRECTORY, "sagemaker_enable_cloudwatch_metrics", REGION, LOG_LEVEL,
                       JOB_NAME, "default_user_module_name", "_tuning_objective_metric", S3_OUTPUT)
+MPI = "sagemaker_mpi_enabled"
+DATA_PARALLEL = "sagemaker_distributed_dataparallel_enabled"
 # Any of these switched on puts the current instance group among the distribution groups.
-DISTRIBUTION_SWITCHES = ("sagemaker_mpi_enabled", PARAMETER_SERVER, "sagemaker_distributed_dataparallel_enabled",
+DISTRIBUTION_SWITCHES = (MPI, PARAMETER_SERVER, DATA_PARALLEL,
                          "sagemaker_pytorch_ddp_enabled", "sagemaker_pytorch_xla_multi_worker_enabled",
                          "sagemaker_multi_worker_mirrored_strategy_enabled", "sagemaker_torch_distributed_enabled")
 PROGRAM_VARIABLE = "SAGEMAKER_PROGRAM"  # the toolkit takes the entry point from here before the hyperparameter
