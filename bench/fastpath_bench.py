@@ -16,6 +16,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,7 @@ from gunicorn.http.unreader import SocketUnreader
 from werkzeug.test import EnvironBuilder
 
 import serve_bench
+from byoctl.kit.servers import Server
 from mxnet_byoc.serve import app as serving
 from mxnet_byoc.serve import codecs, digits, server, settings
 
@@ -195,6 +197,56 @@ def request_log() -> None:
     row("request log line written by hand", plain, fast, "every request", "test_server_application: request log")
 
 
+# `serve` with gunicorn's own sync worker in place of ours (only the read timeout and the JSON errors kept):
+# the plain side of the worker's fast paths, which only show whole, in requests under load.
+STOCK_WORKER_SERVE = """
+import gunicorn.util
+from gunicorn.workers.sync import SyncWorker as Stock
+from mxnet_byoc.serve import server
+
+class StockParts(server.SyncWorker):
+    accept = Stock.accept
+
+    def init_process(self):
+        gunicorn.util.write_error = server._write_json_error
+        Stock.init_process(self)
+
+    def handle(self, listener, client, addr):
+        client.settimeout(self.app.config.read_timeout_s)
+        Stock.handle(self, listener, client, addr)
+
+server.SyncWorker = StockParts
+raise SystemExit(server.main())
+"""
+
+
+def whole_requests(model_dir: Path, rounds: int = 6, seconds: int = 3) -> None:
+    """One-image JSON through two `serve` processes at once, ours and one with gunicorn's own worker,
+    under wrk at concurrency 8 in alternation: the server CPU per request (median of `rounds`)."""
+    wrk = serve_bench.ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="fastpath-serve-") as folder:
+        work = Path(folder)
+        (work / "model").symlink_to(model_dir.resolve())
+        script, body = work / "post.lua", work / "one.json"
+        script.write_text(serve_bench.WRK_SCRIPT)
+        body.write_bytes(orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]}))
+        servers = {"plain": Server(work, work / "plain.log", [sys.executable, "-c", STOCK_WORKER_SERVE]),
+                   "fast": Server(work, work / "fast.log")}
+        try:
+            for one in servers.values():
+                one.wait_loaded()
+            figures: dict[str, list[float]] = {"plain": [], "fast": []}
+            for round_ in range(rounds):
+                for which in ("plain", "fast") if round_ % 2 else ("fast", "plain"):
+                    run = serve_bench.run_wrk(wrk, script, servers[which], body, "application/json", 8, seconds)
+                    figures[which].append(run["cpu_us"])
+        finally:
+            for one in servers.values():
+                one.stop()
+    row("answer in one send; accept without 3 syscalls", statistics.median(figures["plain"]),
+        statistics.median(figures["fast"]), "one-image JSON request, wrk c=8", "test_server_application: one send")
+
+
 def main() -> None:
     global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -215,6 +267,7 @@ def main() -> None:
         npy_headers()
         in_requests(model_dir)
         encodings()
+        whole_requests(model_dir)
 
 
 if __name__ == "__main__":

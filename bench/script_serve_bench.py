@@ -22,7 +22,7 @@ Each figure is the median of --rounds runs of --duration seconds; the two server
 ratio is the median of adjacent pairs. CPU time per request of each process tree (Java included) is shown
 too: it moves far less than requests/s with other load on a shared machine. The target: at least 2x AWS's
 requests/s at every concurrency.
-Usage: .venv/bin/python bench/script_serve_bench.py [--duration 5] [--rounds 3] [--workers 2]
+Usage: .venv/bin/python bench/script_serve_bench.py [--duration 5] [--rounds 3] [--workers 2] [--ways transform_fn]
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from byoctl.kit import net
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
+from mxnet_byoc.serve import settings
 from mxnet_byoc.train import data as idx  # numpy only
 from serve_bench import (
     INVOCATIONS,
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per figure (the median is shown)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ways", default="transform_fn,default handlers", help="which ways, comma-separated")
     parser.add_argument("--aws-venv", type=Path, default=ROOT / ".bench-venv" / "aws-mxnet-serving")
     args = parser.parse_args()
 
@@ -226,6 +229,8 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
         results = {}
         for way, (model_dir, program) in model_copies(trained, work).items():
+            if way not in args.ways.split(","):
+                continue
             results[way] = compare(args, wrk, script, body, venv, model_dir, program, work, int(labels[0]), way)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,15 +240,31 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
+def bare_stack(model_dir: Path, program: str, workers: int, log: Path) -> Server:
+    """`gunicorn -w N script_app:app` (gunicorn's defaults but for the port) around the user's script, with our
+    workers' MXNet settings (settings.WORKER_ENV_DEFAULTS), so that the script costs what it costs in ours."""
+    port = net.free_port()
+    command = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT / "bench"), "-w", str(workers),
+               "-b", f"127.0.0.1:{port}", "script_app:app"]
+    return Server(model_dir.parent, log, command, port=port, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
+                  SCRIPT_APP_MODEL_DIR=str(model_dir), SAGEMAKER_PROGRAM=program, **settings.WORKER_ENV_DEFAULTS)
+
+
 def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: Path, model_dir: Path,
             program: str, work: Path, label: int, way: str) -> float:
     ours = serve_process(model_dir.parent, args.workers, work / f"serve-{way}.log", {"SAGEMAKER_PROGRAM": program})
     theirs = AwsServer(venv, model_dir, program, args.workers, work, work / f"mms-{way}.log")
-    runs: dict[int, tuple[list, list]] = {c: ([], []) for c in CONCURRENCY}
+    servers: list[Server] = [ours, theirs]
+    if way == "transform_fn":  # the floor of a gunicorn and Flask server around the same script
+        servers.append(bare_stack(model_dir, program, args.workers, work / f"bare-{way}.log"))
+    runs: dict[int, list[list]] = {c: [[] for _ in servers] for c in CONCURRENCY}
     try:
         mine, aws = first_answer(ours, body.read_bytes()), first_answer(theirs, body.read_bytes())
         ours.wait_loaded()
         theirs.wait_loaded()
+        for bare in servers[2:]:
+            if first_answer(bare, body.read_bytes()) != mine:
+                sys.exit("the bare stack answers differently")
         for _ in range(2 * args.workers):  # MMS loads each worker's model at its first request
             post(theirs.url(INVOCATIONS), body.read_bytes(), "application/json", 30)
         print(f"\n=== {way} ===\n  answers: ours {mine[:80]!r}..., AWS's {aws[:80]!r}...: "
@@ -253,16 +274,16 @@ def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: 
         if mine != aws:
             sys.exit("the two stacks answer differently")
         for _ in range(args.rounds):
-            for c, (a, b) in runs.items():
-                a.append(run_wrk(wrk, script, ours, body, "application/json", c, args.duration))
-                b.append(run_wrk(wrk, script, theirs, body, "application/json", c, args.duration))
+            for c, runs_of in runs.items():
+                for server, server_runs in zip(servers, runs_of):
+                    server_runs.append(run_wrk(wrk, script, server, body, "application/json", c, args.duration))
     finally:
-        ours.stop()
-        theirs.stop()
+        for server in servers:
+            server.stop()
     print(f"{'concurrency':>11} {'ours req/s':>10} {'p50 ms':>7} {'CPU us':>7} | {'AWS req/s':>9} {'p50 ms':>7} "
           f"{'CPU us':>7} | {'ratio':>5} {'CPU ratio':>9}")
     ratios = []
-    for c, (a, b) in runs.items():
+    for c, (a, b, *_) in runs.items():
         ratio = statistics.median(x["rps"] / y["rps"] for x, y in zip(a, b))
         cpu_ratio = statistics.median(y["cpu_us"] / x["cpu_us"] for x, y in zip(a, b))
         ratios.append(ratio)
@@ -271,6 +292,13 @@ def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: 
               f"{cpu_ratio:>9.2f}")
     print("  (ratio: our requests/s over AWS's, median of adjacent runs; CPU ratio: AWS's CPU time per request, "
           "all its processes, over ours)")
+    if len(servers) > 2:
+        print("  the bare stack, `gunicorn -w N script_app:app` (a Flask view calling the same transform_fn), "
+              "against AWS's and ours:")
+        for c, (a, b, bare) in runs.items():
+            print(f"{c:>11} {med(bare, 'rps'):>10.0f} req/s, {med(bare, 'cpu_us'):.0f} CPU us per request: "
+                  f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(bare, b)):.2f} of AWS's; ours "
+                  f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(a, bare)):.2f} of it")
     return min(ratios)
 
 

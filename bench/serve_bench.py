@@ -6,7 +6,9 @@ The plain endpoint is bench/trivial_app.py (a Flask view that reads the body and
 For each model (the default cnn, then the mlp, each trained by `container/train`, then the same mlp through a
 user's `model_fn` and `transform_fn` in script mode) it prints, in one run:
 - one-image application/json at concurrency 1, 8 and 32: requests/s, p50 and p99 latency and server CPU
-  per request, ours beside the plain endpoint's, and the ratio of the two;
+  per request, ours beside the plain endpoint's, and the ratio of the two; for the built-in models also the
+  ceiling: the same `serve` whose handler only runs the forward pass on an image held in memory, so that what
+  decoding and encoding may cost before a target is missed shows in the same run;
 - where a worker's CPU goes per request (py-spy samples of one worker at concurrency 8, in stages: gunicorn,
   request log, body read, JSON parse, pixels to float32, predict, encode), ours beside the plain endpoint's;
 - 1,000-image application/x-npy batches (uint8 and float32), one request per worker: images/s against the
@@ -97,6 +99,24 @@ print(*marks)
 """
 STARTUP_PHASE_NAMES = ("interpreter", "imports (gunicorn, Flask, numpy, the app)", "libmxnet.so",
                        "model bound at 4 batch sizes", "warm-up predictions")
+
+# `serve` as it runs, with a handler that only runs the forward pass on one image held in memory and answers a
+# constant: the most any decoding and encoding could give one-image requests through this server on this machine.
+FORWARD_ONLY_SERVE = """
+import numpy as np
+from mxnet_byoc.serve import device, digits, network, server
+
+class ForwardOnly:
+    def __init__(self, model):
+        self.model, self.image = model, np.zeros((1, *model.input_shape), np.float32)
+
+    def invoke(self, body, content_type, accept):
+        self.model.predict(self.image)
+        return b'{"predictions":[{"label":0}]}', "application/json"
+
+digits.loader = lambda default_accept: lambda model_dir: ForwardOnly(network.load(model_dir, device.current()))
+raise SystemExit(server.main())
+"""
 
 # Issue 14's targets.
 TARGET_ONE_IMAGE = {"mlp": 0.80, "cnn": 0.70}  # one-image JSON req/s over the plain endpoint's, every concurrency
@@ -432,6 +452,8 @@ def print_targets(summaries: dict[str, dict], subjects: list[Subject], workers: 
             ratio, ours, plain = s["json"][c]
             goal = (f"[>= {subject.target:.2f}] {verdict(ratio >= subject.target)}" if subject.target
                     else "(shown: issue 14 sets no target for a user's own code)")
+            if c in s["ceiling"]:
+                goal += f"; ceiling without decoding and encoding {s['ceiling'][c][0]:.3f}"
             print(f"  {subject.name}: one-image JSON at concurrency {c:>2}: {ours:,.0f} req/s, plain {plain:,.0f}: "
                   f"{ratio:.3f} {goal}")
     for subject in subjects:
@@ -488,17 +510,23 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
 
     ours = serve_process(base, args.workers, work / "serve.log", subject.env)
     plain = plain_endpoint(base, args.workers, work / "plain.log")
-    json_runs: dict[int, tuple[list, list]] = {c: ([], []) for c in CONCURRENCIES}
+    servers = [ours, plain]
+    if subject.built_in:  # the ceiling: the same server and model with no decoding or encoding
+        servers.append(Server(base, work / "forward-only.log", [sys.executable, "-c", FORWARD_ONLY_SERVE],
+                              SAGEMAKER_MODEL_SERVER_WORKERS=str(args.workers)))
+    json_runs: dict[int, list[list]] = {c: [[] for _ in servers] for c in CONCURRENCIES}
     batch_runs: dict[str, list] = {"uint8": [], "float32": []}
     forwards: list[dict[str, float]] = []
     try:
         wait_for_label(ours, digit, label)
         ours.wait_loaded()
         wait_for_label(plain, b"{}", None)
+        for server in servers[2:]:
+            server.wait_loaded()
         for round_ in range(args.rounds):
-            for c, (mine, theirs) in json_runs.items():
-                pair = [(ours, mine), (plain, theirs)]
-                for server, runs in pair if round_ % 2 == 0 else pair[::-1]:  # who goes first alternates
+            for c, runs_of in json_runs.items():
+                order = list(zip(servers, runs_of))
+                for server, runs in order if round_ % 2 == 0 else order[::-1]:  # who goes first alternates
                     runs.append(run_wrk(wrk, script, server, bodies["json"], "application/json", c, args.duration))
             for kind, runs in batch_runs.items():
                 runs.append(run_wrk(wrk, script, ours, bodies[kind], "application/x-npy", args.workers,
@@ -510,22 +538,30 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
                              for server in (ours, plain))
         pss = ours.pss_kib()
     finally:
-        ours.stop()
-        plain.stop()
+        for server in servers:
+            server.stop()
 
     print("\none-image application/json (wrk, 1 thread; plain = `gunicorn -w N trivial_app:app`, default settings)")
     print(f"{'concurrency':>11} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} | {'plain':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} | {'ratio':>5} {'CPU ratio':>9}")
-    summary: dict = {"json": {}}
-    for c, (mine, theirs) in json_runs.items():
+    summary: dict = {"json": {}, "ceiling": {}}
+    for c, (mine, theirs, *forward_only) in json_runs.items():
         ratio = statistics.median(m["rps"] / t["rps"] for m, t in zip(mine, theirs))
         cpu_ratio = statistics.median(t["cpu_us"] / m["cpu_us"] for m, t in zip(mine, theirs))
         summary["json"][c] = (ratio, median(mine, "rps"), median(theirs, "rps"))
+        if forward_only:
+            summary["ceiling"][c] = (statistics.median(f["rps"] / t["rps"] for f, t in zip(forward_only[0], theirs)),
+                                     median(forward_only[0], "rps"), median(forward_only[0], "cpu_us"))
         print(f"{c:>11} {median(mine, 'rps'):>7.0f} {median(mine, 'p50_ms'):>7.2f} {median(mine, 'p99_ms'):>7.2f} "
               f"{median(mine, 'cpu_us'):>7.0f} | {median(theirs, 'rps'):>7.0f} {median(theirs, 'p50_ms'):>7.2f} "
               f"{median(theirs, 'p99_ms'):>7.2f} {median(theirs, 'cpu_us'):>7.0f} | {ratio:>5.2f} {cpu_ratio:>9.2f}")
     print("  (ratio: our requests/s over the plain endpoint's, median of adjacent pairs; CPU ratio: the plain "
           "endpoint's server CPU time per request over ours)")
+    if summary["ceiling"]:
+        print("  the ceiling, `serve` with a handler that runs the forward pass on one image in memory and answers a "
+              "constant (no decoding, no encoding):")
+        for c, (ceiling, rps, cpu) in summary["ceiling"].items():
+            print(f"{c:>11} {rps:>7.0f} req/s, {cpu:.0f} CPU us per request: {ceiling:.2f} of the plain endpoint")
     print_profiles(*profiles, (median(json_runs[8][0], "cpu_us"), median(json_runs[8][1], "cpu_us")), args.workers)
 
     rates = [f["images_per_s"] for f in forwards]

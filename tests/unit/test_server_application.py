@@ -4,8 +4,12 @@ every gunicorn setting and every worker's app come from that one ServerConfig.""
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 
+import gunicorn.http.wsgi
+import gunicorn.util
+import gunicorn.workers.sync
 import pytest
 from gunicorn import glogging
 from gunicorn.config import Config
@@ -90,3 +94,56 @@ def test_the_request_log_line_is_the_one_gunicorn_would_write(capfd, environ, st
     capfd.readouterr()
     server.RequestLog(cfg).access(response, request, environ, elapsed)
     assert capfd.readouterr().out == gunicorns + "\n"
+
+
+class CountingSocket:
+    """The send side of a socket pair, counting the sends that gunicorn's response makes."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.sends = sock, 0
+
+    def sendall(self, data: bytes) -> None:
+        self.sends += 1
+        self.sock.sendall(data)
+
+
+def answer_bytes(response_class: type, status: str, headers: list, parts: list[bytes]) -> tuple[bytes, int]:
+    """What a gunicorn response of `response_class` puts on the wire for one WSGI answer, and in how many sends."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sock = CountingSocket(ours)
+        request = type("Request", (), {"version": (1, 1), "method": "POST", "headers": [],
+                                       "should_close": lambda self: True})()
+        response = response_class(request, sock, Config())
+        write = response.start_response(status, headers)
+        for part in parts:
+            write(part)
+        response.close()
+        ours.shutdown(socket.SHUT_WR)
+        received = b"".join(iter(lambda: theirs.recv(65536), b""))
+    return received, sock.sends
+
+
+@pytest.mark.parametrize("status, headers, parts, sends", [
+    ("200 OK", [("Content-Type", "application/json"), ("Content-Length", "21")], [b'{"predictions":[1.0]}'], 1),
+    ("415 Unsupported Media Type", [("Content-Type", "application/json"), ("Content-Length", "2")], [b"{}"], 1),
+    ("200 OK", [("Content-Type", "text/csv"), ("Content-Length", "4")], [b"1\n", b"2\n"], 3),  # in parts: as before
+    ("200 OK", [("Content-Type", "text/csv")], [b"1\n"], 3),  # no length: chunked, as gunicorn does it
+    ("200 OK", [("Content-Length", "9")], [b"too short"[:5]], 2),  # shorter than declared: gunicorn's way
+])
+def test_an_answer_goes_out_in_one_send_with_the_bytes_gunicorn_sends(monkeypatch, status, headers, parts, sends):
+    monkeypatch.setattr(gunicorn.util, "http_date", lambda timestamp=None: "Sun, 06 Dec 2026 22:10:41 GMT")
+    gunicorns, _ = answer_bytes(gunicorn.http.wsgi.Response, status, headers, parts)
+    ours, count = answer_bytes(server.OneSendResponse, status, headers, parts)
+    assert ours == gunicorns
+    assert count == sends
+
+
+def test_a_worker_sends_its_answers_through_the_one_send_response(monkeypatch):
+    worker = server.SyncWorker.__new__(server.SyncWorker)
+    monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "init_process", lambda self: None)
+    monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
+    monkeypatch.setattr(gunicorn.http.wsgi, "Response", gunicorn.http.wsgi.Response)
+    worker.init_process()
+    assert gunicorn.http.wsgi.Response is server.OneSendResponse
+    assert gunicorn.util.write_error is server._write_json_error

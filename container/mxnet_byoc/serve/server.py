@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+import gunicorn.http.wsgi
 import gunicorn.util
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
@@ -84,20 +85,43 @@ class Application(BaseApplication):
 
 
 class SyncWorker(GunicornSyncWorker):
-    """gunicorn's sync worker with a read timeout on every connection, and JSON for gunicorn's own errors.
+    """gunicorn's sync worker with a read timeout on every connection, JSON for gunicorn's own errors, and
+    each answer sent in one piece.
 
-    gunicorn's own reads have none: a client that stalls in its headers or its body would hold the worker
-    until the master kills it for not reporting in (a 500 and a worker restart). With it, a stall in the
-    headers closes the connection, and one in the body gets 408 from the app."""
+    gunicorn's own reads have no timeout: a client that stalls in its headers or its body would hold the
+    worker until the master kills it for not reporting in (a 500 and a worker restart). With it, a stall in
+    the headers closes the connection, and one in the body gets 408 from the app."""
 
     def init_process(self) -> None:
-        # gunicorn answers requests it cannot parse (a bad Content-Length) through util.write_error.
+        # gunicorn answers requests it cannot parse (a bad Content-Length) through util.write_error, and
+        # builds each request's Response from wsgi.Response; both are looked up when used.
         gunicorn.util.write_error = _write_json_error
+        gunicorn.http.wsgi.Response = OneSendResponse
         super().init_process()
 
-    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+    def accept(self, listener: Any) -> None:
+        # gunicorn's accept also calls setblocking and close_on_exec (3 syscalls): the timeout makes the
+        # socket blocking, and Python's accept() already returns it non-inheritable (PEP 446).
+        client, addr = listener.accept()
         client.settimeout(self.app.config.read_timeout_s)
-        super().handle(listener, client, addr)
+        self.handle(listener, client, addr)
+
+
+class OneSendResponse(gunicorn.http.wsgi.Response):
+    """gunicorn's response, with the head and the body in one send when the app hands over one body of the
+    length it declared, as every answer of this app does: the same bytes in one TCP segment instead of two.
+
+    Why: one send instead of two is one wake-up of the client instead of two. With the worker's leaner
+    accept, it saves 10-40 us of server CPU per one-image request of 370-480 under wrk at concurrency 8 on two
+    cores (bench/fastpath_bench.py, last row); in one process, alone, the second send costs 1-2.5 us."""
+
+    def write(self, arg: bytes) -> None:
+        if self.headers_sent or self.chunked or not isinstance(arg, bytes) or self.response_length != len(arg):
+            return super().write(arg)
+        head = "".join([*self.default_headers(), *(f"{name}: {value}\r\n" for name, value in self.headers), "\r\n"])
+        self.headers_sent = True
+        self.sent = len(arg)
+        gunicorn.util.write(self.sock, head.encode("latin-1") + arg)
 
 
 # One line per request on stdout: client, request line, status, response bytes, latency in microseconds.
