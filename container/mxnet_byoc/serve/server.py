@@ -112,8 +112,9 @@ class OneSendResponse(gunicorn.http.wsgi.Response):
     length it declared, as every answer of this app does: the same bytes in one TCP segment instead of two.
 
     Why: one send instead of two is one wake-up of the client instead of two. With the worker's leaner
-    accept, it saves 10-40 us of server CPU per one-image request of 370-480 under wrk at concurrency 8 on two
-    cores (bench/fastpath_bench.py, last row); in one process, alone, the second send costs 1-2.5 us."""
+    accept, a one-image request costs 23 us less server CPU, 4% of its 580 (median of 12 paired rounds under
+    wrk at concurrency 8 on two cores, which ranged from -35 to +42: bench/fastpath_bench.py, last row); in one
+    process with a core to itself the second send costs 1-2.5 us."""
 
     def write(self, arg: bytes) -> None:
         if self.headers_sent or self.chunked or not isinstance(arg, bytes) or self.response_length != len(arg):
