@@ -18,6 +18,7 @@ once (DescribeTrainingJob). Only a local job goes through ModelTrainer, SDK 3's 
 from __future__ import annotations
 
 import shutil
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -136,6 +137,8 @@ def train_locally(session: Any, job: TrainingJob) -> dict[str, Any]:
     """
     if major() == 2:
         _estimator(session, job).fit(inputs=job.channels, job_name=job.name, wait=False, logs="None")
+        if job.output_path.startswith("file://"):  # SDK 2 copies output.tar.gz there, failed or not
+            raise_if_failed(Path(_local_path(job.output_path)) / "output.tar.gz")
         return session.sagemaker_client.describe_training_job(TrainingJobName=job.name)
     _model_trainer_local(session, job)
     return {"TrainingJobName": job.name,
@@ -199,12 +202,31 @@ def _model_trainer_local(session: Any, job: TrainingJob) -> None:
         )
         trainer.train(input_data_config=[InputData(channel_name=name, data_source=_local_path(uri))
                                          for name, uri in job.channels.items()], wait=True)
+        raise_if_failed(root / "compressed_artifacts" / "output.tar.gz")
         output.mkdir(parents=True, exist_ok=True)
         for artifact in ("model.tar.gz", "output.tar.gz"):
             shutil.copyfile(root / "compressed_artifacts" / artifact, output / artifact)
     finally:
         remove_compose_containers(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def raise_if_failed(output_tar: Path) -> None:
+    """RuntimeError, as local mode raises for a failed container, when the job's output.tar.gz holds the
+    container's `failure` file.
+
+    Why: both SDKs learn a container's failure only from the exit code of `docker-compose up
+    --abort-on-container-exit`, and docker-compose 1.x returns 0 when the container exits before compose
+    has attached to it (a bad hyperparameter fails within a second): the job would pass as completed.
+    """
+    try:
+        with tarfile.open(output_tar) as tar:
+            member = next((m for m in tar.getmembers() if m.isfile() and m.name.removeprefix("./") == "failure"), None)
+            reason = tar.extractfile(member).read().decode("utf-8", "replace").strip() if member else None
+    except (OSError, tarfile.TarError):
+        return  # no output to read: the SDK's own verdict stands
+    if reason is not None:
+        raise RuntimeError(f"the training container failed: {reason or '(an empty failure file)'}")
 
 
 def _local_path(uri: str) -> str:

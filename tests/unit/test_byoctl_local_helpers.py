@@ -51,3 +51,33 @@ def test_payload_mistakes(tmp_path):
     (tmp_path / "big.npy").write_bytes(b"0" * (payloads.MAX_REQUEST_BYTES + 1))
     with pytest.raises(payloads.PayloadError, match="use `byoctl transform`"):
         payloads.read(tmp_path / "big.npy")
+
+
+def output_tar(path, files: dict[str, bytes]):
+    """An output.tar.gz as local mode packs /opt/ml/output: one member per file, named as in the folder."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["failure", "./failure"])
+def test_a_local_job_whose_output_holds_a_failure_file_raises_its_reason(tmp_path, name):
+    from byoctl import sdk
+
+    tar = output_tar(tmp_path / "output.tar.gz", {"data/x": b"1", name: b"hyperparameter 'epochs': not 0\n"})
+    with pytest.raises(RuntimeError, match=r"^the training container failed: hyperparameter 'epochs': not 0$"):
+        sdk.raise_if_failed(tar)
+
+
+def test_a_local_job_without_a_failure_file_or_without_output_passes(tmp_path):
+    from byoctl import sdk
+
+    sdk.raise_if_failed(output_tar(tmp_path / "output.tar.gz", {"data/failure.txt": b"", "success": b""}))
+    sdk.raise_if_failed(tmp_path / "missing.tar.gz")
+    (tmp_path / "broken.tar.gz").write_bytes(b"not a tar")
+    sdk.raise_if_failed(tmp_path / "broken.tar.gz")
