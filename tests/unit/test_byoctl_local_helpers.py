@@ -81,3 +81,29 @@ def test_a_local_job_without_a_failure_file_or_without_output_passes(tmp_path):
     sdk.raise_if_failed(tmp_path / "missing.tar.gz")
     (tmp_path / "broken.tar.gz").write_bytes(b"not a tar")
     sdk.raise_if_failed(tmp_path / "broken.tar.gz")
+
+
+def test_sdk2_local_training_fails_when_the_container_failed_but_fit_returned(tmp_path, monkeypatch):
+    # SDK 2's local mode copies output.tar.gz to a file:// output path, failed or not; when docker-compose reports
+    # exit 0 for a container that failed, fit returns and only the failure file tells.
+    from byoctl import sdk
+
+    class ReturnsAfterAFailure:
+        def fit(self, **kwargs):
+            (tmp_path / "out").mkdir()
+            output_tar(tmp_path / "out" / "output.tar.gz", {"failure": b"no IDX files in the training channel"})
+
+    class Session:
+        class sagemaker_client:  # noqa: N801 - stands in for an attribute of the SDK's session
+            @staticmethod
+            def describe_training_job(TrainingJobName):  # noqa: N803 - boto3's keyword
+                raise AssertionError("described a failed job as if it had completed")
+
+    monkeypatch.setattr(sdk, "major", lambda: 2)
+    monkeypatch.setattr(sdk, "_estimator", lambda session, job: ReturnsAfterAFailure())
+    job = sdk.TrainingJob(name="bad", image="mxnet-byoc:cpu", role="arn:aws:iam::111122223333:role/local",
+                          channels={"training": f"file://{tmp_path}"}, output_path=f"file://{tmp_path / 'out'}",
+                          hyperparameters={}, instance_type="local", instance_count=1, volume_size=1, max_run=3600,
+                          spot=False, max_wait=None, checkpoint_s3_uri=None, environment={}, metric_definitions=[])
+    with pytest.raises(RuntimeError, match="^the training container failed: no IDX files in the training channel$"):
+        sdk.train_locally(Session(), job)
