@@ -43,7 +43,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from byoctl.kit import net
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
 from mxnet_byoc.serve import settings
@@ -55,6 +54,7 @@ from serve_bench import (
     ensure_program,
     ensure_wrk,
     mnist_dir,
+    plain_endpoint,
     post,
     run_wrk,
     serve_process,
@@ -243,11 +243,8 @@ def main() -> None:
 def bare_stack(model_dir: Path, program: str, workers: int, log: Path) -> Server:
     """`gunicorn -w N script_app:app` (gunicorn's defaults but for the port) around the user's script, with our
     workers' MXNet settings (settings.WORKER_ENV_DEFAULTS), so that the script costs what it costs in ours."""
-    port = net.free_port()
-    command = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT / "bench"), "-w", str(workers),
-               "-b", f"127.0.0.1:{port}", "script_app:app"]
-    return Server(model_dir.parent, log, command, port=port, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
-                  SCRIPT_APP_MODEL_DIR=str(model_dir), SAGEMAKER_PROGRAM=program, **settings.WORKER_ENV_DEFAULTS)
+    return plain_endpoint(model_dir.parent, workers, log, "script_app:app", SCRIPT_APP_MODEL_DIR=str(model_dir),
+                          SAGEMAKER_PROGRAM=program, **settings.WORKER_ENV_DEFAULTS)
 
 
 def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: Path, model_dir: Path,

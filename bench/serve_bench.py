@@ -192,12 +192,13 @@ def serve_process(base: Path, workers: int, log: Path, env: dict[str, str] | Non
     return Server(base, log, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers), **(env or {}))
 
 
-def plain_endpoint(base: Path, workers: int, log: Path) -> Server:
-    """`gunicorn -w N trivial_app:app`: gunicorn's defaults but for the port."""
+def plain_endpoint(base: Path, workers: int, log: Path, app: str = "trivial_app:app", **env: str) -> Server:
+    """`gunicorn -w N APP` for an app in bench/ (default trivial_app:app): gunicorn's defaults but for the port;
+    `env` on top of this environment."""
     port = net.free_port()
     command = [sys.executable, "-m", "gunicorn", "--chdir", str(ROOT / "bench"), "-w", str(workers),
-               "-b", f"127.0.0.1:{port}", "trivial_app:app"]
-    return Server(base, log, command, port=port, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers))
+               "-b", f"127.0.0.1:{port}", app]
+    return Server(base, log, command, port=port, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers), **env)
 
 
 def post(url: str, body: bytes, content_type: str, timeout: float = 5.0) -> tuple[int, bytes]:
