@@ -4,9 +4,9 @@
 Each fast path in mxnet_byoc.serve says in one line why it is there, with the gain printed here; a test pins
 its output to the plain path's (named in the last column). A fast path whose gain no longer matters against
 the request it serves is removed rather than kept. CPU time (thread_time), best of --repeat runs, so that
-other load on the machine moves the figures little; `uptime` is printed with them. The last row is the exception:
-the worker's fast paths only show in whole requests, so it runs two `serve` processes under wrk and compares
-their server CPU per request.
+other load on the machine moves the figures little; `uptime` is printed with them. The last two rows are the
+exception: the worker's fast paths only show in whole requests, so they run three `serve` processes under wrk
+and compare their server CPU per request.
 Usage: .venv/bin/python bench/fastpath_bench.py [--repeat 7]
 """
 
@@ -205,13 +205,11 @@ def request_log() -> None:
 STOCK_WORKER_SERVE = """
 import gunicorn.util
 from gunicorn.workers.sync import SyncWorker as Stock
-from mxnet_byoc.serve import server
+from mxnet_byoc.serve import server, worker
 
-class StockParts(server.SyncWorker):
-    accept = Stock.accept
-
+class StockParts(Stock):
     def init_process(self):
-        gunicorn.util.write_error = server._write_json_error
+        gunicorn.util.write_error = worker._write_json_error
         Stock.init_process(self)
 
     def handle(self, listener, client, addr):
@@ -224,9 +222,10 @@ raise SystemExit(server.main())
 
 
 def whole_requests(model_dir: Path, rounds: int = 12, seconds: int = 3) -> None:
-    """One-image JSON through two `serve` processes at once, ours and one with gunicorn's own worker,
-    under wrk at concurrency 8 in alternation: the server CPU per request (medians of `rounds`), and the gain
-    as the median of the differences within each round, which other load on the machine moves less."""
+    """One-image JSON through three `serve` processes at once, under wrk at concurrency 8 in turn: gunicorn's
+    own worker, ours with keep-alive off (one send, leaner accept) and ours. The server CPU per request
+    (medians of `rounds`), and each gain as the median of the differences within each round, which other load
+    on the machine moves less."""
     wrk = serve_bench.ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="fastpath-serve-") as folder:
         work = Path(folder)
@@ -234,22 +233,26 @@ def whole_requests(model_dir: Path, rounds: int = 12, seconds: int = 3) -> None:
         script, body = work / "post.lua", work / "one.json"
         script.write_text(serve_bench.WRK_SCRIPT)
         body.write_bytes(orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]}))
-        servers = {"plain": Server(work, work / "plain.log", [sys.executable, "-c", STOCK_WORKER_SERVE]),
-                   "fast": Server(work, work / "fast.log")}
+        servers = {"stock": Server(work, work / "stock.log", [sys.executable, "-c", STOCK_WORKER_SERVE]),
+                   "closing": Server(work, work / "closing.log", **{settings.KEEP_ALIVE_S: "0"}),
+                   "ours": Server(work, work / "ours.log")}
         try:
             for one in servers.values():
                 one.wait_loaded()
-            figures: dict[str, list[float]] = {"plain": [], "fast": []}
+            figures: dict[str, list[float]] = {name: [] for name in servers}
             for round_ in range(rounds):
-                for which in ("plain", "fast") if round_ % 2 else ("fast", "plain"):
+                for which in list(servers)[round_ % 3:] + list(servers)[:round_ % 3]:
                     run = serve_bench.run_wrk(wrk, script, servers[which], body, "application/json", 8, seconds)
                     figures[which].append(run["cpu_us"])
         finally:
             for one in servers.values():
                 one.stop()
-    row("answer in one send; accept without 3 syscalls", statistics.median(figures["plain"]),
-        statistics.median(figures["fast"]), "one-image JSON request, wrk c=8", "test_server_application: one send",
-        statistics.median(p - f for p, f in zip(figures["plain"], figures["fast"])))
+    for name, plain, fast, test in [
+            ("answer in one send; accept without 3 syscalls", "stock", "closing", "test_worker: one send"),
+            ("connections kept open (keep-alive)", "closing", "ours", "test_worker, test_keep_alive")]:
+        row(name, statistics.median(figures[plain]), statistics.median(figures[fast]),
+            "one-image JSON request, wrk c=8", test,
+            statistics.median(p - f for p, f in zip(figures[plain], figures[fast])))
 
 
 def main() -> None:

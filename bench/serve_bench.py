@@ -126,7 +126,8 @@ TARGET_PSS_MIB = 200
 
 # py-spy stacks to stages: the innermost frame that matches a rule names the stage of a sample.
 STAGES = [  # (stage, the end of the frame's file path, its function names or None for any)
-    ("idle", "/gunicorn/workers/sync.py", {"SyncWorker.wait"}),
+    ("idle", "/gunicorn/workers/sync.py", {"SyncWorker.wait"}),  # gunicorn's worker (the plain endpoint)
+    ("idle", "/serve/worker.py", {"SyncWorker.wait_for_work"}),
     ("predict (forward pass)", "/serve/network.py", None),
     ("user script: MXNet's Python (NDArray, Gluon)", "/mxnet/", None),  # the built-in path has no such frame
     ("user script: its own lines, json, numpy", "/inference.py", None),
@@ -138,8 +139,10 @@ STAGES = [  # (stage, the end of the frame's file path, its function names or No
     ("decode, other", "/serve/codecs.py", None),
     ("body read", "/serve/app.py", {"_read_body", "_read_from_socket"}),
     ("request log", "/serve/server.py", {"RequestLog.access"}),
+    ("gunicorn: environ, send the answer", "/serve/worker.py", {"Response.write", "Response.default_headers",
+                                                                "Response.should_close", "_body_read"}),
     ("request log", "/gunicorn/glogging.py", None),
-    ("gunicorn: accept, close, loop", "/serve/server.py", None),  # our worker class
+    ("gunicorn: accept, close, loop", "/serve/worker.py", None),  # our worker class
     ("app, other (dispatch, handler)", "/serve/", None),
     ("app, other (dispatch, handler)", "/trivial_app.py", None),
     ("Flask and werkzeug", "/flask/", None),

@@ -271,8 +271,9 @@ def raw_request(server: Server, data: bytes, shut_write: bool = False, wait: flo
 
 
 def head(content_length: str | int, content_type: str = "application/json", extra: str = "") -> bytes:
+    # Connection: close, so that raw_request's read ends with the answer (serve keeps connections open).
     return (f"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {content_length}\r\n{extra}\r\n").encode()
+            f"Content-Length: {content_length}\r\nConnection: close\r\n{extra}\r\n").encode()
 
 
 def test_content_length_shorter_than_the_body(server, valid_body):
@@ -365,7 +366,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(server):
 def test_chunked_body_over_the_limit_is_413(server):
     chunk = b"\0" * MIB
     data = (b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-npy\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     data += b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(7)) + b"0\r\n\r\n"
     status, body = raw_request(server, data)
     assert status == 413 and b"larger than the limit" in body

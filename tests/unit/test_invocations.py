@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mxnet_byoc.serve import app as predictor
-from mxnet_byoc.serve import codecs, error_response, server, settings
+from mxnet_byoc.serve import codecs, error_response, settings, worker
 
 
 def config(**changes) -> settings.ServerConfig:
@@ -140,7 +140,7 @@ def test_every_error_path_gives_the_renderers_bytes(tmp_path):
         assert [(k, v) for k, v in response.headers.items() if k in ("Content-Type", "Content-Length")] == headers
     ours, theirs = socket.socketpair()
     with ours, theirs:  # gunicorn's own answers (a request it cannot parse)
-        server._write_json_error(ours, 400, "Bad Request", "Invalid Content-Length")
+        worker._write_json_error(ours, 400, "Bad Request", "Invalid Content-Length")
         ours.close()
         received = theirs.recv(65536)
     head, _, body = received.partition(b"\r\n\r\n")
@@ -152,7 +152,7 @@ def test_every_error_path_gives_the_renderers_bytes(tmp_path):
 def test_gunicorn_errors_without_a_message_give_the_reason():
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        server._write_json_error(ours, 500, "Internal Server Error", "")
+        worker._write_json_error(ours, 500, "Internal Server Error", "")
         ours.close()
         assert theirs.recv(65536).endswith(b'{"error":"Internal Server Error"}')
 

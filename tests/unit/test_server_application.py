@@ -3,26 +3,28 @@ every gunicorn setting and every worker's app come from that one ServerConfig.""
 
 from __future__ import annotations
 
+import logging
 import os
-import socket
 from datetime import timedelta
 
-import gunicorn.http.wsgi
-import gunicorn.util
-import gunicorn.workers.sync
 import pytest
 from gunicorn import glogging
 from gunicorn.config import Config
 
 from mxnet_byoc.serve import app as predictor
-from mxnet_byoc.serve import server, settings
+from mxnet_byoc.serve import server, settings, worker
 
 
 @pytest.fixture(autouse=True)
 def worker_environment(monkeypatch) -> None:
-    """`main` sets these for the workers; whatever it sets is undone after each test."""
+    """`main` sets these for the workers, and gives the app's logger a handler of its own that does not
+    propagate (which would hide its records from later tests' caplog); whatever it sets is undone after each test."""
     for name in settings.WORKER_ENV_DEFAULTS:
         monkeypatch.delenv(name, raising=False)
+    logger = logging.getLogger("mxnet_byoc")
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
 
 
 @pytest.fixture
@@ -53,7 +55,7 @@ def test_main_reads_the_settings_once_and_the_workers_app_uses_them(monkeypatch,
     (cfg, app, application), = ran
     assert len(reads) == 1
     assert (cfg.workers, cfg.timeout, cfg.bind) == (3, 60, [f"0.0.0.0:{reads[0].port}"])
-    assert cfg.worker_class is server.SyncWorker
+    assert cfg.worker_class is worker.SyncWorker
     assert app.test_client().get("/execution-parameters").get_json()["MaxPayloadInMB"] == 9
     assert application.loader is app.extensions[predictor.LOADER_KEY]
     assert len(reads) == 1  # the worker's app took the config it was given
@@ -94,56 +96,3 @@ def test_the_request_log_line_is_the_one_gunicorn_would_write(capfd, environ, st
     capfd.readouterr()
     server.RequestLog(cfg).access(response, request, environ, elapsed)
     assert capfd.readouterr().out == gunicorns + "\n"
-
-
-class CountingSocket:
-    """The send side of a socket pair, counting the sends that gunicorn's response makes."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock, self.sends = sock, 0
-
-    def sendall(self, data: bytes) -> None:
-        self.sends += 1
-        self.sock.sendall(data)
-
-
-def answer_bytes(response_class: type, status: str, headers: list, parts: list[bytes]) -> tuple[bytes, int]:
-    """What a gunicorn response of `response_class` puts on the wire for one WSGI answer, and in how many sends."""
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        sock = CountingSocket(ours)
-        request = type("Request", (), {"version": (1, 1), "method": "POST", "headers": [],
-                                       "should_close": lambda self: True})()
-        response = response_class(request, sock, Config())
-        write = response.start_response(status, headers)
-        for part in parts:
-            write(part)
-        response.close()
-        ours.shutdown(socket.SHUT_WR)
-        received = b"".join(iter(lambda: theirs.recv(65536), b""))
-    return received, sock.sends
-
-
-@pytest.mark.parametrize("status, headers, parts, sends", [
-    ("200 OK", [("Content-Type", "application/json"), ("Content-Length", "21")], [b'{"predictions":[1.0]}'], 1),
-    ("415 Unsupported Media Type", [("Content-Type", "application/json"), ("Content-Length", "2")], [b"{}"], 1),
-    ("200 OK", [("Content-Type", "text/csv"), ("Content-Length", "4")], [b"1\n", b"2\n"], 3),  # in parts: as before
-    ("200 OK", [("Content-Type", "text/csv")], [b"1\n"], 3),  # no length: chunked, as gunicorn does it
-    ("200 OK", [("Content-Length", "9")], [b"too short"[:5]], 2),  # shorter than declared: gunicorn's way
-])
-def test_an_answer_goes_out_in_one_send_with_the_bytes_gunicorn_sends(monkeypatch, status, headers, parts, sends):
-    monkeypatch.setattr(gunicorn.util, "http_date", lambda timestamp=None: "Sun, 06 Dec 2026 22:10:41 GMT")
-    gunicorns, _ = answer_bytes(gunicorn.http.wsgi.Response, status, headers, parts)
-    ours, count = answer_bytes(server.OneSendResponse, status, headers, parts)
-    assert ours == gunicorns
-    assert count == sends
-
-
-def test_a_worker_sends_its_answers_through_the_one_send_response(monkeypatch):
-    worker = server.SyncWorker.__new__(server.SyncWorker)
-    monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "init_process", lambda self: None)
-    monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
-    monkeypatch.setattr(gunicorn.http.wsgi, "Response", gunicorn.http.wsgi.Response)
-    worker.init_process()
-    assert gunicorn.http.wsgi.Response is server.OneSendResponse
-    assert gunicorn.util.write_error is server._write_json_error

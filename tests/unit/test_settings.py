@@ -18,6 +18,7 @@ def test_defaults_follow_sagemaker():
     assert config.workers == settings.cpu_count() >= 1
     assert config.max_payload_mb == 6 and config.max_payload_bytes == 6 * 1024 * 1024
     assert config.default_accept == "application/json"
+    assert config.keep_alive_s == 5  # AWS's reference container: nginx's keepalive_timeout 5
     assert config.execution_parameters() == {
         "MaxConcurrentTransforms": config.workers, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6,
     }
@@ -28,8 +29,9 @@ def test_sagemaker_variables_are_read():
         "SAGEMAKER_BIND_TO_PORT": "9090", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
         "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100",
         "SAGEMAKER_BATCH_STRATEGY": "single_record", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
-        "MXNET_BYOC_SERVE_HOST": "127.0.0.1",
+        "MXNET_BYOC_SERVE_HOST": "127.0.0.1", "MXNET_BYOC_KEEP_ALIVE_S": "0",
     })
+    assert config.keep_alive_s == 0
     assert (config.host, config.port, config.workers, config.timeout_s) == ("127.0.0.1", 9090, 3, 120)
     assert config.max_payload_bytes == 100 * 1024 * 1024
     assert config.execution_parameters() == {
@@ -56,6 +58,8 @@ def test_graceful_shutdown_ends_before_sagemakers_sigkill():
         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "-1"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB=-1"),
         ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "MULTI_RECORD, SINGLE_RECORD"),
         ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/xml"}, "text/csv"),
+        ({"MXNET_BYOC_KEEP_ALIVE_S": "-1"}, "MXNET_BYOC_KEEP_ALIVE_S=-1 must be at least 0"),
+        ({"MXNET_BYOC_KEEP_ALIVE_S": "5s"}, "MXNET_BYOC_KEEP_ALIVE_S='5s' is not a whole number"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):

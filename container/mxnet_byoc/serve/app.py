@@ -167,7 +167,7 @@ class Invocations:
                 return _error_answer(start_response, 503, self.loader.reason)
             try:
                 body = _read_body(environ, self.config.max_payload_bytes, self.limit_text)
-            except TimeoutError:  # the connection's read timeout (server.SyncWorker)
+            except TimeoutError:  # the connection's read timeout (worker.SyncWorker)
                 raise RequestTimeout(
                     f"the body stalled: nothing arrived for {self.config.read_timeout_s:g} s") from None
             answer, content_type = handler.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))

@@ -1,8 +1,8 @@
 """`serve`: gunicorn, configured here and nowhere else, from the one ServerConfig that `main` reads.
 
-sync workers: one request at a time per worker, one worker per CPU by default (gthread workers gained
-nothing in measurements). Each worker builds its own app, and so loads its own copy of the model, after
-the fork.
+Workers serve one request at a time (worker.py: gunicorn's sync worker, with connections kept open between
+requests), one worker per CPU by default (gthread workers gained nothing in measurements). Each worker
+builds its own app, and so loads its own copy of the model, after the fork.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import os
 import sys
 from typing import Any
 
-import gunicorn.http.wsgi
-import gunicorn.util
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
-from . import device, digits, error_response, selection, settings
+from . import device, digits, selection, settings
 from .app import LOADER_KEY, ModelLoader, create_app
 from .handler import Load
+from .worker import SyncWorker
 
 
 def main() -> int:
@@ -84,47 +82,6 @@ class Application(BaseApplication):
         self.loader.wait_first_attempt(self.config.timeout_s / 2)
 
 
-class SyncWorker(GunicornSyncWorker):
-    """gunicorn's sync worker with a read timeout on every connection, JSON for gunicorn's own errors, and
-    each answer sent in one piece.
-
-    gunicorn's own reads have no timeout: a client that stalls in its headers or its body would hold the
-    worker until the master kills it for not reporting in (a 500 and a worker restart). With it, a stall in
-    the headers closes the connection, and one in the body gets 408 from the app."""
-
-    def init_process(self) -> None:
-        # gunicorn answers requests it cannot parse (a bad Content-Length) through util.write_error, and
-        # builds each request's Response from wsgi.Response; both are looked up when used.
-        gunicorn.util.write_error = _write_json_error
-        gunicorn.http.wsgi.Response = OneSendResponse
-        super().init_process()
-
-    def accept(self, listener: Any) -> None:
-        # gunicorn's accept also calls setblocking(1), which the read timeout replaces at once, and
-        # close_on_exec, which Python's accept() has already done (PEP 446): 3 syscalls per request.
-        client, addr = listener.accept()
-        client.settimeout(self.app.config.read_timeout_s)
-        self.handle(listener, client, addr)
-
-
-class OneSendResponse(gunicorn.http.wsgi.Response):
-    """gunicorn's response, with the head and the body in one send when the app hands over one body of the
-    length it declared, as every answer of this app does: the same bytes, in one send instead of two.
-
-    Why: one send instead of two is one wake-up of the client instead of two. With the worker's leaner
-    accept, a one-image request costs 23 us less server CPU, 4% of its 580 (median of 12 paired rounds under
-    wrk at concurrency 8 on two cores, which ranged from -35 to +42: bench/fastpath_bench.py, last row); in one
-    process with a core to itself the second send costs 1-2.5 us."""
-
-    def write(self, arg: bytes) -> None:
-        if self.headers_sent or self.chunked or not isinstance(arg, bytes) or self.response_length != len(arg):
-            return super().write(arg)
-        head = "".join([*self.default_headers(), *(f"{name}: {value}\r\n" for name, value in self.headers), "\r\n"])
-        self.headers_sent = True
-        self.sent = len(arg)
-        gunicorn.util.write(self.sock, head.encode("latin-1") + arg)
-
-
 # One line per request on stdout: client, request line, status, response bytes, latency in microseconds.
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus'
 
@@ -149,13 +106,6 @@ class RequestLog(glogging.Logger):
             os.write(1, line.encode())
         except OSError:  # a closed or full stdout loses the line, never the request
             pass
-
-
-def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's own answers (a request it cannot parse; an error outside the app) in the app's error form."""
-    status_line, headers, body = error_response.render(status_int, mesg or reason, [("Connection", "close")], reason)
-    head = "".join([f"HTTP/1.1 {status_line}\r\n", *(f"{k}: {v}\r\n" for k, v in headers), "\r\n"])
-    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _log_app_messages(server: Any) -> None:

@@ -21,6 +21,7 @@ MAX_PAYLOAD_IN_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
 DEFAULT_INVOCATIONS_ACCEPT = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
 SERVE_HOST = "MXNET_BYOC_SERVE_HOST"  # interface `serve` binds; 0.0.0.0 in the image, 127.0.0.1 in tests
+KEEP_ALIVE_S = "MXNET_BYOC_KEEP_ALIVE_S"  # seconds an idle connection stays open (worker.py); 0: none
 # MXNet's and OpenMP's own variables, which `serve` gives defaults for every worker.
 MXNET_LIBRARY_PATH = "MXNET_LIBRARY_PATH"  # libmxnet.so to load, as MXNet's own loader reads it
 MXNET_ENGINE_TYPE = "MXNET_ENGINE_TYPE"
@@ -32,6 +33,7 @@ WORKER_ENV_DEFAULTS = {OMP_NUM_THREADS: "1", MXNET_ENGINE_TYPE: "NaiveEngine"}
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60  # SageMaker's own limit for one invocation
+DEFAULT_KEEP_ALIVE_S = 5  # as AWS's reference container (nginx's keepalive_timeout 5 in front of gunicorn)
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's real-time limit
 BATCH_MAX_PAYLOAD_MB = 100  # the most a batch transform job sends; MaxPayloadInMB=0 stands for it
 GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM: finish requests in flight before that
@@ -52,6 +54,7 @@ class ServerConfig:
     max_payload_mb: int
     batch_strategy: str
     default_accept: str
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
 
     @property
     def max_payload_bytes(self) -> int:
@@ -91,6 +94,7 @@ def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
         max_payload_mb=payload or BATCH_MAX_PAYLOAD_MB,
         batch_strategy=strategy,
         default_accept=accept,
+        keep_alive_s=_int(env, KEEP_ALIVE_S, DEFAULT_KEEP_ALIVE_S, minimum=0),
     )
 
 

@@ -1,0 +1,142 @@
+"""`serve`'s worker (mxnet_byoc.serve.worker): its response keeps a connection open exactly when HTTP and the
+request allow it, and sends the same bytes as gunicorn's, in one send where gunicorn makes two."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import gunicorn.http.wsgi
+import gunicorn.util
+import gunicorn.workers.sync
+import pytest
+from gunicorn.config import Config
+from gunicorn.http.body import Body, ChunkedReader, LengthReader
+from gunicorn.http.message import Message
+
+from mxnet_byoc.serve import settings, worker
+
+
+@pytest.fixture(autouse=True)
+def fixed_date_and_setting(monkeypatch) -> None:
+    monkeypatch.setattr(gunicorn.util, "http_date", lambda timestamp=None: "Sun, 06 Dec 2026 22:10:41 GMT")
+    monkeypatch.setattr(worker.Response, "keep_alive", False)  # whatever a test sets is undone
+
+
+class FakeRequest:
+    """What gunicorn's response reads of a request; `should_close` is gunicorn's own rule."""
+
+    should_close = Message.should_close
+
+    def __init__(self, version: tuple[int, int] = (1, 1), headers: tuple = (), body_left: int = 0,
+                 chunked_done: bool | None = None):
+        self.version, self.method, self.headers, self.must_close = version, "POST", list(headers), False
+        if chunked_done is None:
+            self.body = Body(LengthReader(None, body_left))
+        else:
+            reader = ChunkedReader(self, None)
+            if chunked_done:
+                reader.parser = None  # what ChunkedReader does once it has read the last chunk
+            self.body = Body(reader)
+
+
+class CountingSocket:
+    """The send side of a socket pair, counting the sends that gunicorn's response makes."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.sends = sock, 0
+
+    def sendall(self, data: bytes) -> None:
+        self.sends += 1
+        self.sock.sendall(data)
+
+
+def answer(response_class: type, status: str, headers: list, parts: list[bytes], request: FakeRequest | None = None,
+           sync_worker: bool = False) -> tuple[bytes, int]:
+    """What a gunicorn response of `response_class` puts on the wire for one WSGI answer, and in how many sends;
+    `sync_worker`: force_close first, as gunicorn's sync worker does for every request."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sock = CountingSocket(ours)
+        response = response_class(request or FakeRequest(headers=[("CONNECTION", "close")]), sock, Config())
+        if sync_worker:
+            response.force_close()
+        write = response.start_response(status, headers)
+        for part in parts:
+            write(part)
+        response.close()
+        ours.shutdown(socket.SHUT_WR)
+        received = b"".join(iter(lambda: theirs.recv(65536), b""))
+    return received, sock.sends
+
+
+JSON_21 = [("Content-Type", "application/json"), ("Content-Length", "21")]
+
+
+@pytest.mark.parametrize("status, headers, parts, sends", [
+    ("200 OK", JSON_21, [b'{"predictions":[1.0]}'], 1),
+    ("415 Unsupported Media Type", [("Content-Type", "application/json"), ("Content-Length", "2")], [b"{}"], 1),
+    ("200 OK", [("Content-Type", "text/csv"), ("Content-Length", "4")], [b"1\n", b"2\n"], 3),  # in parts: as before
+    ("200 OK", [("Content-Type", "text/csv")], [b"1\n"], 3),  # no length: chunked, as gunicorn does it
+    ("200 OK", [("Content-Length", "9")], [b"too short"[:5]], 2),  # shorter than declared: gunicorn's way
+])
+def test_an_answer_goes_out_in_one_send_with_the_bytes_gunicorn_sends(status, headers, parts, sends):
+    gunicorns, _ = answer(gunicorn.http.wsgi.Response, status, headers, parts)
+    ours, count = answer(worker.Response, status, headers, parts)
+    assert ours == gunicorns
+    assert count == sends
+
+
+def connection_header(received: bytes) -> str:
+    (value,) = (line[len(b"Connection: "):] for line in received.split(b"\r\n") if line.startswith(b"Connection: "))
+    return value.decode()
+
+
+@pytest.mark.parametrize("request_, headers, kept", [
+    (FakeRequest(), JSON_21, True),
+    (FakeRequest(), [("Content-Type", "application/json")], True),  # chunked: its end is marked
+    (FakeRequest(body_left=5), JSON_21, False),  # a refused body left unread: it would come first
+    (FakeRequest(chunked_done=True), JSON_21, True),
+    (FakeRequest(chunked_done=False), JSON_21, False),
+    (FakeRequest(version=(1, 0)), JSON_21, False),  # HTTP/1.0 closes unless asked not to
+    (FakeRequest(version=(1, 0), headers=[("CONNECTION", "keep-alive")]), JSON_21, True),
+    (FakeRequest(headers=[("CONNECTION", "close")]), JSON_21, False),
+], ids=["length", "chunked answer", "body unread", "chunked body read", "chunked body unread", "HTTP/1.0",
+        "HTTP/1.0 keep-alive", "client closes"])
+def test_the_connection_is_kept_when_the_head_says_so_and_only_then(monkeypatch, request_, headers, kept):
+    monkeypatch.setattr(worker.Response, "keep_alive", True)
+    received, _ = answer(worker.Response, "200 OK", headers, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
+    assert connection_header(received) == ("keep-alive" if kept else "close")
+    assert request_.keep_connection is kept
+
+
+def test_with_keep_alive_off_every_answer_closes_as_gunicorns_sync_worker_does():
+    request_ = FakeRequest()
+    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
+    gunicorns, _ = answer(gunicorn.http.wsgi.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], FakeRequest(),
+                          sync_worker=True)
+    assert received == gunicorns and connection_header(received) == "close"
+    assert request_.keep_connection is False
+
+
+@pytest.mark.parametrize("keep_alive_s", [0, 5])
+def test_a_worker_installs_its_response_and_error_writer_and_its_keep_alive_setting(monkeypatch, keep_alive_s):
+    one = worker.SyncWorker.__new__(worker.SyncWorker)
+    one.app = SimpleNamespace(config=settings.from_env({settings.KEEP_ALIVE_S: str(keep_alive_s)}))
+    monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "init_process", lambda self: None)
+    monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
+    monkeypatch.setattr(gunicorn.http.wsgi, "Response", gunicorn.http.wsgi.Response)
+    one.init_process()
+    assert gunicorn.http.wsgi.Response is worker.Response
+    assert gunicorn.util.write_error is worker._write_json_error
+    assert worker.Response.keep_alive is (keep_alive_s > 0) and one.keep_alive_s == keep_alive_s
+
+
+def test_a_stopping_worker_tells_the_clients_of_answers_in_flight_that_it_closes(monkeypatch):
+    monkeypatch.setattr(worker.Response, "keep_alive", True)
+    one = worker.SyncWorker.__new__(worker.SyncWorker)
+    monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "handle_exit", lambda self, sig, frame: None)
+    one.handle_exit(15, None)
+    request_ = FakeRequest()
+    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
+    assert connection_header(received) == "close"
