@@ -197,7 +197,9 @@ class SyncWorker(GunicornSyncWorker):
     def _serve(self, connection: Connection) -> None:
         """Answer the connection's next request (and any it has pipelined), then keep it or close it."""
         while self._serve_one(connection):
-            if not connection.has_buffered_request():
+            if connection.has_buffered_request():
+                self.notify()  # a client pipelining many requests must not make the worker look hung
+            else:
                 connection.idle_since = time.monotonic()
                 self.idle[connection] = None
                 if not connection.watched:
