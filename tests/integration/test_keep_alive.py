@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -198,3 +199,37 @@ def test_sigterm_closes_the_idle_connections_and_serve_exits_at_once(start_serve
         assert closed_by_server(sock, within=20) < 10
     assert server.process.wait(20) == 0
     assert time.monotonic() - started < 10  # not the graceful timeout (25 s) nor the keep-alive (300 s)
+
+
+def test_connections_even_out_over_the_workers_after_a_worker_restart(start_server, base):
+    """After a SIGKILL the surviving worker takes every reconnection while the new one loads its model; the new
+    worker's share then comes back to it (ConnectionCounts: answers of a worker over its share close)."""
+    server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    server.wait_loaded()
+    clients = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(8)]
+
+    def round_of_requests() -> None:
+        for client in clients:
+            try:
+                client.request("POST", "/invocations", ONE_DIGIT, {"Content-Type": "application/json"})
+                assert client.getresponse().read()
+            except (ConnectionError, http.client.HTTPException):  # its worker was killed: a new connection
+                client.close()
+
+    def holders() -> list[int | None]:
+        return sorted(server.holder_of(client.sock.getsockname()[1]) for client in clients if client.sock)
+
+    try:
+        round_of_requests()
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,
+                   what="a new worker")
+        for _ in range(100):
+            round_of_requests()
+        found = holders()
+        assert len(found) == 8 and None not in found, found
+        assert {found.count(pid) for pid in set(found)} <= {3, 4, 5} and len(set(found)) == 2, found
+    finally:
+        for client in clients:
+            client.close()

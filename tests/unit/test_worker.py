@@ -3,6 +3,7 @@ request allow it, and sends the same bytes as gunicorn's, in one send where guni
 
 from __future__ import annotations
 
+import os
 import socket
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from mxnet_byoc.serve import settings, worker
 def fixed_date_and_setting(monkeypatch) -> None:
     monkeypatch.setattr(gunicorn.util, "http_date", lambda timestamp=None: "Sun, 06 Dec 2026 22:10:41 GMT")
     monkeypatch.setattr(worker.Response, "keep_alive", False)  # whatever a test sets is undone
+    monkeypatch.setattr(worker.Response, "over_share", worker.Response.__dict__["over_share"])
 
 
 class FakeRequest:
@@ -122,7 +124,9 @@ def test_with_keep_alive_off_every_answer_closes_as_gunicorns_sync_worker_does()
 @pytest.mark.parametrize("keep_alive_s", [0, 5])
 def test_a_worker_installs_its_response_and_error_writer_and_its_keep_alive_setting(monkeypatch, keep_alive_s):
     one = worker.SyncWorker.__new__(worker.SyncWorker)
-    one.app = SimpleNamespace(config=settings.from_env({settings.KEEP_ALIVE_S: str(keep_alive_s)}))
+    one.app = SimpleNamespace(config=settings.from_env({settings.KEEP_ALIVE_S: str(keep_alive_s)}),
+                              connection_counts=worker.ConnectionCounts(2))
+    one.slot = 1
     monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "init_process", lambda self: None)
     monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
     monkeypatch.setattr(gunicorn.http.wsgi, "Response", gunicorn.http.wsgi.Response)
@@ -130,6 +134,48 @@ def test_a_worker_installs_its_response_and_error_writer_and_its_keep_alive_sett
     assert gunicorn.http.wsgi.Response is worker.Response
     assert gunicorn.util.write_error is worker._write_json_error
     assert worker.Response.keep_alive is (keep_alive_s > 0) and one.keep_alive_s == keep_alive_s
+    assert worker.Response.over_share == one.over_share
+    assert list(one.counts.counts) == [worker.NOT_SERVING] * 2 and one.counts.slot == 1  # serving once it runs
+
+
+def test_connection_counts_are_shared_with_forked_workers_and_name_the_fewest_elsewhere():
+    counts = worker.ConnectionCounts(3)
+    pid = os.fork()
+    if pid == 0:  # a worker: takes slot 1, then holds 4 connections
+        counts.take(1)
+        counts.set(4)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert list(counts.counts) == [worker.NOT_SERVING, 4, worker.NOT_SERVING]
+    counts.take(0)
+    counts.set(2)
+    assert counts.fewest_elsewhere() == 4
+    counts.counts[2] = 0
+    assert counts.fewest_elsewhere() == 0
+    counts.take(7)  # beyond the array: not counted, and sees every serving worker
+    counts.set(9)
+    assert list(counts.counts) == [2, 4, 0] and counts.fewest_elsewhere() == 0
+
+
+@pytest.mark.parametrize("held, others, over", [
+    (5, [worker.NOT_SERVING], False),  # no other worker serves: keep them all
+    (5, [4], False), (5, [3], True), (2, [0, 9], True), (1, [0], False),
+])
+def test_a_worker_sheds_connections_only_when_it_holds_two_more_than_another(held, others, over):
+    one = worker.SyncWorker.__new__(worker.SyncWorker)
+    one.counts, one.held = worker.ConnectionCounts(1 + len(others)), held
+    one.counts.take(0)
+    for slot, count in enumerate(others, 1):
+        one.counts.counts[slot] = count
+    assert one.over_share() is over
+
+
+def test_an_answer_of_a_worker_over_its_share_closes_its_connection(monkeypatch):
+    monkeypatch.setattr(worker.Response, "keep_alive", True)
+    monkeypatch.setattr(worker.Response, "over_share", staticmethod(lambda: True))
+    request_ = FakeRequest()
+    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
+    assert connection_header(received) == "close" and request_.keep_connection is False
 
 
 def test_a_stopping_worker_tells_the_clients_of_answers_in_flight_that_it_closes(monkeypatch):

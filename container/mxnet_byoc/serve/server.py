@@ -18,7 +18,7 @@ from gunicorn.app.base import BaseApplication
 from . import device, digits, selection, settings
 from .app import LOADER_KEY, ModelLoader, create_app
 from .handler import Load
-from .worker import SyncWorker
+from .worker import ConnectionCounts, SyncWorker
 
 
 def main() -> int:
@@ -45,6 +45,7 @@ class Application(BaseApplication):
         self.config = config
         self.load_handler = load
         self.loader: ModelLoader | None = None  # this worker's, once `load` has run in it
+        self.connection_counts = ConnectionCounts(config.workers)  # before the fork: shared with the workers
         super().__init__()
 
     def load_config(self) -> None:

@@ -9,19 +9,24 @@ keeps its connections to a container open, and AWS's reference container does th
 keepalive_timeout 5 in front of gunicorn).
 
 The price, in a worker that serves one request at a time: a connection belongs to the worker that accepted
-it, so a request on it waits while that worker serves another, even when a second worker is free. A worker
-that holds open connections therefore lets one that holds none take a new connection first (it waits
-ACCEPT_DEFER_S before it accepts): connections spread over the workers, even when a client opens them one
-by one. MXNET_BYOC_KEEP_ALIVE_S=0 gives gunicorn's behaviour back: one request per connection.
+it, so a request on it waits while that worker serves another, even when a second worker is free. So the
+workers keep their connections even (ConnectionCounts: each worker's count, in memory shared by all): a worker
+that holds more connections than another leaves a new connection to it (it waits ACCEPT_DEFER_S before it
+accepts), and one that holds more than one connection above another answers with `Connection: close`, so
+that the client reconnects to the other. Without that, one worker held 28-31 of wrk's 32 connections after a
+worker restart (bench/load_bench.py). MXNET_BYOC_KEEP_ALIVE_S=0 gives gunicorn's behaviour back: one request
+per connection.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gunicorn.http.wsgi
@@ -32,9 +37,8 @@ from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
 from . import error_response
 
-# How long a worker that holds open connections leaves a new one to the others. Not more for more held
-# connections: when a client opens 32 at once, 5 ms for each held put up to 0.4 s on the last ones' first answers.
-ACCEPT_DEFER_S = 0.005
+ACCEPT_DEFER_S = 0.005  # how long a worker leaves a new connection to one that holds fewer
+NOT_SERVING = -1  # a worker's count while it loads its model, and after it has stopped
 MAX_IDLE_CONNECTIONS = 256  # per worker: beyond it the longest idle one is closed (clients that never close)
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)  # the client went away: nothing to log
 
@@ -50,6 +54,7 @@ class Response(gunicorn.http.wsgi.Response):
     itself the second send costs 1-2.5 us."""
 
     keep_alive = False  # each worker sets it from its settings, and clears it when it begins to stop
+    over_share: Callable[[], bool] = staticmethod(lambda: False)  # the worker's (SyncWorker.over_share)
 
     def force_close(self) -> None:
         # gunicorn's sync worker calls this for every request, to close every connection.
@@ -58,7 +63,7 @@ class Response(gunicorn.http.wsgi.Response):
 
     def should_close(self) -> bool:
         # An unread rest of the body would come first on the connection: the next request could not be read.
-        return super().should_close() or not _body_read(self.req)
+        return super().should_close() or not _body_read(self.req) or self.over_share()
 
     def default_headers(self) -> list[str]:
         # The worker keeps the connection exactly when the head tells the client it may.
@@ -81,6 +86,32 @@ def _body_read(request: Any) -> bool:
     if isinstance(reader, ChunkedReader):
         return reader.parser is None  # its last chunk has been read
     return False
+
+
+class ConnectionCounts:
+    """How many open connections each worker holds, one int per worker slot (server._assign_slot), in memory
+    that the master maps before it forks its workers (anonymous mmap: shared); NOT_SERVING for a slot whose
+    worker loads its model or has stopped."""
+
+    def __init__(self, workers: int):
+        self.counts = memoryview(mmap.mmap(-1, 4 * workers)).cast("i")
+        for slot in range(workers):
+            self.counts[slot] = NOT_SERVING
+        self.slot: int | None = None  # this worker's, once it has taken one
+
+    def take(self, slot: int) -> None:
+        """In a worker: count for `slot` from now on (a slot beyond the array is not counted)."""
+        self.slot = slot if 0 <= slot < len(self.counts) else None
+        self.set(NOT_SERVING)
+
+    def set(self, held: int) -> None:
+        if self.slot is not None:
+            self.counts[self.slot] = held
+
+    def fewest_elsewhere(self) -> int | None:
+        """The fewest connections another serving worker holds; None when no other worker serves."""
+        others = [held for slot, held in enumerate(self.counts) if slot != self.slot and held >= 0]
+        return min(others, default=None)
 
 
 class Connection:
@@ -118,6 +149,10 @@ class SyncWorker(GunicornSyncWorker):
         gunicorn.http.wsgi.Response = Response
         self.keep_alive_s = self.app.config.keep_alive_s
         Response.keep_alive = self.keep_alive_s > 0
+        Response.over_share = self.over_share
+        self.held = 0  # open connections, the one being served included
+        self.counts: ConnectionCounts = self.app.connection_counts
+        self.counts.take(getattr(self, "slot", 0))
         super().init_process()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -132,6 +167,7 @@ class SyncWorker(GunicornSyncWorker):
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, _WAKE_UP)  # gunicorn's signals wake it
         self.idle: dict[Connection, None] = {}  # open connections between requests, the longest idle first
         self.deferred: dict[Any, float] = {}  # listeners with a connection left to other workers, until when
+        self.counts.set(self.held)
         try:
             while self.alive:
                 self.notify()
@@ -148,6 +184,13 @@ class SyncWorker(GunicornSyncWorker):
         finally:
             for connection in list(self.idle):
                 self._close(connection)
+            self.counts.set(NOT_SERVING)
+
+    def over_share(self) -> bool:
+        """Whether this worker holds more than one connection above another serving worker: then the answer
+        closes its connection, and the client's reconnection goes to the other."""
+        fewest = self.counts.fewest_elsewhere()
+        return fewest is not None and self.held > fewest + 1
 
     def wait_for_work(self) -> list:
         """The listeners and connections ready to read; no longer than until the next thing falls due, and
@@ -164,7 +207,8 @@ class SyncWorker(GunicornSyncWorker):
         if key.data is _WAKE_UP:
             os.read(self.PIPE[0], 1)
         elif key.data is _LISTENER:
-            if self.idle:  # left to a worker that holds none, if one takes it meanwhile
+            fewest = self.counts.fewest_elsewhere()
+            if fewest is not None and fewest < self.held:  # left to a worker that holds fewer, if it takes it
                 self.selector.unregister(key.fileobj)
                 self.deferred[key.fileobj] = time.monotonic() + ACCEPT_DEFER_S
             else:
@@ -192,6 +236,8 @@ class SyncWorker(GunicornSyncWorker):
         # gunicorn's accept also calls setblocking(1), which the read timeout replaces at once, and
         # close_on_exec, which Python's accept() has already done (PEP 446).
         client.settimeout(self.app.config.read_timeout_s)
+        self.held += 1
+        self.counts.set(self.held)
         self._serve(Connection(client, addr, listener, self.cfg))
 
     def _serve(self, connection: Connection) -> None:
@@ -239,6 +285,8 @@ class SyncWorker(GunicornSyncWorker):
             self.selector.unregister(connection.sock)
         self.idle.pop(connection, None)
         gunicorn.util.close(connection.sock)
+        self.held -= 1
+        self.counts.set(self.held)
 
 
 def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
