@@ -170,6 +170,15 @@ def test_a_worker_sheds_connections_only_when_it_holds_two_more_than_another(hel
     assert one.over_share() is over
 
 
+def test_the_share_is_asked_once_per_answer_so_the_head_and_the_worker_agree(monkeypatch):
+    answers = iter([False, True, True])  # another worker's count changes while the head is written
+    monkeypatch.setattr(worker.Response, "keep_alive", True)
+    monkeypatch.setattr(worker.Response, "over_share", staticmethod(lambda: next(answers)))
+    request_ = FakeRequest()
+    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
+    assert connection_header(received) == "keep-alive" and request_.keep_connection is True
+
+
 def test_an_answer_of_a_worker_over_its_share_closes_its_connection(monkeypatch):
     monkeypatch.setattr(worker.Response, "keep_alive", True)
     monkeypatch.setattr(worker.Response, "over_share", staticmethod(lambda: True))

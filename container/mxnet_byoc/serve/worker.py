@@ -63,7 +63,13 @@ class Response(gunicorn.http.wsgi.Response):
 
     def should_close(self) -> bool:
         # An unread rest of the body would come first on the connection: the next request could not be read.
-        return super().should_close() or not _body_read(self.req) or self.over_share()
+        return super().should_close() or not _body_read(self.req) or self._over_share()
+
+    def _over_share(self) -> bool:
+        # Asked once per answer: the other workers' counts may change between the two calls of default_headers.
+        if "shed" not in self.__dict__:
+            self.shed = self.over_share()
+        return self.shed
 
     def default_headers(self) -> list[str]:
         # The worker keeps the connection exactly when the head tells the client it may.
