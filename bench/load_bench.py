@@ -131,30 +131,6 @@ def worker_pids(master: int) -> list[int]:
         return []
 
 
-def connections_held(pid: int, port: int) -> int:
-    """Sockets that process `pid` has open other than its listening socket on `port`: its client connections.
-    The listening socket's inode is read first (it does not change), then the process's descriptors at once, so
-    that connections opened and closed meanwhile do not escape the count."""
-    listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
-                listening.add(f"socket:[{fields[9]}]")
-    held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        held += target.startswith("socket:") and target not in listening
-    return held
-
-
 class LoadedWorkers:
     """The pids that have logged their model loaded, read from the server's log as it grows (the access
     log makes it large: reading it whole while polling would take CPU from the server)."""
@@ -225,7 +201,7 @@ class Killer(threading.Thread):
                 self.problems.append(f"{len(before)} workers instead of {self.workers} before a kill")
                 continue
             victim = before[self.kills % len(before)]
-            held = connections_held(victim, self.server.port)
+            held = self.server.connections_held(victim)
             os.kill(victim, signal.SIGKILL)
             self.held.append(held)
             killed_at = time.monotonic()

@@ -138,14 +138,7 @@ class Server(_Server):
     def holder_of(self, client_port: int) -> int | None:
         """The pid that has accepted the connection from our local port `client_port` (a worker now reading
         that request), or None while it waits in the listen queue."""
-        inodes = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(OSError), open(table) as f:
-                for row in f.read().splitlines()[1:]:
-                    fields = row.split()
-                    local, remote, inode = fields[1], fields[2], fields[9]
-                    if (_port(local), _port(remote)) == (self.port, client_port):
-                        inodes.add(f"socket:[{inode}]")
+        inodes = {inode for local, remote, _, inode in _tcp_sockets() if (local, remote) == (self.port, client_port)}
         for pid in self.pids():
             with contextlib.suppress(OSError):
                 for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -153,6 +146,18 @@ class Server(_Server):
                         if os.readlink(fd) in inodes:
                             return pid
         return None
+
+    def connections_held(self, pid: int) -> int:
+        """Sockets that process `pid` has open other than its listening socket: its client connections. The
+        listening socket (which does not change) is looked up first, then the process's descriptors are read at
+        once, so that connections opened and closed meanwhile do not escape the count."""
+        listening = {inode for local, _, state, inode in _tcp_sockets() if local == self.port and state == "0A"}
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                held += target.startswith("socket:") and target not in listening
+        return held
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM to the master, as SageMaker stops a container; SIGKILL to the group after `timeout`."""
@@ -164,6 +169,16 @@ class Server(_Server):
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+
+def _tcp_sockets() -> Iterator[tuple[int, int, str, str]]:
+    """(local port, remote port, state, `socket:[inode]`) of every TCP socket in /proc/net/tcp and tcp6
+    (state 0A: listening)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                yield _port(fields[1]), _port(fields[2]), fields[3], f"socket:[{fields[9]}]"
 
 
 def _port(address: str) -> int:

@@ -3,10 +3,10 @@ for the client's next request (HTTP keep-alive) until it has been idle for MXNET
 
 Why: gunicorn's sync worker closes every connection after one answer, so every request also pays a TCP
 connect, an accept and a close on both ends. For a one-image request that is a quarter of the server's CPU:
-kept open, a one-image request to the mlp costs 390 us of server CPU against 580 and runs at 0.95-0.97 of
-the plain endpoint's requests/s against 0.67-0.82 (bench/serve_bench.py, 2026-12-07). SageMaker's front end
-keeps its connections to a container open, and AWS's reference container does the same for 5 s (nginx's
-keepalive_timeout 5 in front of gunicorn).
+kept open, a one-image request costs 363 us of server CPU against 461 (bench/fastpath_bench.py, 2026-12-07),
+and the mlp runs at 0.85-1.01 of the plain endpoint's requests/s against 0.67-0.77 (bench/serve_bench.py).
+AWS's reference container keeps its clients' connections open for 5 s too (nginx's keepalive_timeout 5 in
+front of gunicorn).
 
 The price, in a worker that serves one request at a time: a connection belongs to the worker that accepted
 it, so a request on it waits while that worker serves another, even when a second worker is free. So the
@@ -55,6 +55,7 @@ class Response(gunicorn.http.wsgi.Response):
 
     keep_alive = False  # each worker sets it from its settings, and clears it when it begins to stop
     over_share: Callable[[], bool] = staticmethod(lambda: False)  # the worker's (SyncWorker.over_share)
+    shed: bool | None = None  # this answer's over_share(), once asked
 
     def force_close(self) -> None:
         # gunicorn's sync worker calls this for every request, to close every connection.
@@ -67,7 +68,7 @@ class Response(gunicorn.http.wsgi.Response):
 
     def _over_share(self) -> bool:
         # Asked once per answer: the other workers' counts may change between the two calls of default_headers.
-        if "shed" not in self.__dict__:
+        if self.shed is None:
             self.shed = self.over_share()
         return self.shed
 
