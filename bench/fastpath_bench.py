@@ -26,7 +26,11 @@ import timeit
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
+import gunicorn.http
+import gunicorn.http.wsgi
+import gunicorn.util
 import numpy as np
 import orjson
 from flask import Flask, Response, request
@@ -39,7 +43,7 @@ from werkzeug.test import EnvironBuilder
 import serve_bench
 from byoctl.kit.servers import Server
 from mxnet_byoc.serve import app as serving
-from mxnet_byoc.serve import codecs, digits, server, settings
+from mxnet_byoc.serve import codecs, digits, server, settings, worker
 
 REPEAT = 7
 
@@ -200,6 +204,34 @@ def request_log() -> None:
     row("request log line written by hand", plain, fast, "every request", "test_server_application: request log")
 
 
+WRK_REQUEST = (b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+               b"Accept: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+
+def gunicorn_per_request() -> None:
+    """What the worker cuts from gunicorn's own work per request: its settings read through Config.__getattr__
+    (a request parsed and its environ built), its Date header's formatting, and its debug-level hook."""
+    plain_cfg, fast_cfg = Config(), Config()
+    worker.settings_as_attributes(fast_cfg)
+
+    def parsed(cfg: Config) -> Callable[[], object]:
+        peer, here = ("127.0.0.1", 40000), ("127.0.0.1", 8080)
+        return lambda: gunicorn.http.wsgi.create(next(gunicorn.http.RequestParser(cfg, [WRK_REQUEST], peer)),
+                                                 None, peer, here, cfg)
+
+    row("gunicorn's settings read as attributes", cpu_us(parsed(plain_cfg), 3000), cpu_us(parsed(fast_cfg), 3000),
+        "every request", "test_worker: settings as attributes")
+    row("Date header formatted once a second", cpu_us(gunicorn.util.http_date, 20000), cpu_us(worker.http_date, 20000),
+        "every request", "test_worker: the date header")
+    cfg = Config()
+    cfg.set("errorlog", os.devnull)
+    log = SimpleNamespace(log=glogging.Logger(cfg))
+    request = SimpleNamespace(method="POST", path="/invocations")
+    row("no debug-level pre_request hook", cpu_us(lambda: cfg.pre_request(log, request), 20000),
+        cpu_us(lambda: server._nothing_before_a_request(log, request), 20000), "every request",
+        "test_server_application: main")
+
+
 # `serve` with gunicorn's own sync worker in place of ours (only the read timeout and the JSON errors kept):
 # the plain side of the worker's fast paths, which only show whole, in requests under load.
 STOCK_WORKER_SERVE = """
@@ -271,6 +303,7 @@ def main() -> None:
         print(f"  {'fast path':44} {'plain us':>9} {'fast us':>9} {'gain us':>9}  {'per':34} pinned by")
         mounted_invocations(settings.from_env({}))
         request_log()
+        gunicorn_per_request()
         body_reads()
         npy_headers()
         in_requests(model_dir)

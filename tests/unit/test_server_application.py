@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from gunicorn import glogging
@@ -58,6 +59,8 @@ def test_main_reads_the_settings_once_and_the_workers_app_uses_them(monkeypatch,
     assert cfg.worker_class is worker.SyncWorker
     assert app.test_client().get("/execution-parameters").get_json()["MaxPayloadInMB"] == 9
     assert application.loader is app.extensions[predictor.LOADER_KEY]
+    # gunicorn's default pre_request hook would call worker.log.debug for every request.
+    cfg.pre_request(SimpleNamespace(log=None), SimpleNamespace(method="POST", path="/invocations"))
     assert len(reads) == 1  # the worker's app took the config it was given
 
 

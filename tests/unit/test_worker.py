@@ -3,6 +3,7 @@ request allow it, and sends the same bytes as gunicorn's, in one send where guni
 
 from __future__ import annotations
 
+import email.utils
 import os
 import socket
 from types import SimpleNamespace
@@ -127,12 +128,15 @@ def test_a_worker_installs_its_response_and_error_writer_and_its_keep_alive_sett
     one.app = SimpleNamespace(config=settings.from_env({settings.KEEP_ALIVE_S: str(keep_alive_s)}),
                               connection_counts=worker.ConnectionCounts(2))
     one.slot = 1
+    one.cfg = Config()
     monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "init_process", lambda self: None)
     monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
     monkeypatch.setattr(gunicorn.http.wsgi, "Response", gunicorn.http.wsgi.Response)
     one.init_process()
     assert gunicorn.http.wsgi.Response is worker.Response
     assert gunicorn.util.write_error is worker._write_json_error
+    assert gunicorn.util.http_date is worker.http_date
+    assert vars(one.cfg)["limit_request_fields"] == one.cfg.settings["limit_request_fields"].get()
     assert worker.Response.keep_alive is (keep_alive_s > 0) and one.keep_alive_s == keep_alive_s
     assert worker.Response.over_share == one.over_share
     assert list(one.counts.counts) == [worker.NOT_SERVING] * 2 and one.counts.slot == 1  # serving once it runs
@@ -195,3 +199,40 @@ def test_a_stopping_worker_tells_the_clients_of_answers_in_flight_that_it_closes
     request_ = FakeRequest()
     received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
     assert connection_header(received) == "close"
+
+
+def test_the_date_header_is_gunicorns_text_formatted_once_a_second(monkeypatch):
+    formatted, format_date = [], email.utils.formatdate
+
+    def formatdate(timestamp: float, usegmt: bool) -> str:
+        formatted.append(timestamp)
+        return format_date(timestamp, usegmt=usegmt)
+
+    clock = iter([1796595041.01, 1796595041.5, 1796595041.99, 1796595042.0, 1796595042.7])
+    monkeypatch.setattr(worker.time, "time", lambda: next(clock))
+    monkeypatch.setattr(worker, "_date_second", -1)
+    monkeypatch.setattr(worker.email.utils, "formatdate", formatdate)
+    dates = [worker.http_date() for _ in range(5)]
+    assert dates == ["Sun, 06 Dec 2026 22:10:41 GMT"] * 3 + ["Sun, 06 Dec 2026 22:10:42 GMT"] * 2
+    assert len(formatted) == 2
+    assert worker.http_date(1796595041.5) == "Sun, 06 Dec 2026 22:10:41 GMT"  # gunicorn's timestamp argument
+
+
+def test_settings_become_attributes_and_a_request_is_parsed_without_config_getattr(monkeypatch):
+    cfg = Config()
+    cfg.set("limit_request_fields", 7)
+    worker.settings_as_attributes(cfg)
+    looked_up = []
+    lookup = Config.__getattr__
+    monkeypatch.setattr(Config, "__getattr__", lambda self, name: looked_up.append(name) or lookup(self, name))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 2\r\n\r\n{}")
+        request = next(gunicorn.http.RequestParser(cfg, ours, ("127.0.0.1", 1)))
+        response, environ = gunicorn.http.wsgi.create(request, ours, ("127.0.0.1", 1), ("127.0.0.1", 8080), cfg)
+    assert looked_up == []
+    assert environ["PATH_INFO"] == "/invocations" and environ["CONTENT_LENGTH"] == "2"
+    assert cfg.limit_request_fields == 7 and not cfg.is_ssl
+    plain = [name for name in cfg.settings if not isinstance(getattr(Config, name, None), property)]
+    assert all(getattr(cfg, name) == cfg.settings[name].get() for name in plain)
