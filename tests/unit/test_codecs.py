@@ -26,11 +26,13 @@ def decode(body: bytes | str, content_type: str, shape: tuple[int, ...] = SHAPE)
     return codecs.decode(body.encode() if isinstance(body, str) else body, content_type, shape)
 
 
-def test_serving_imports_neither_mxnet_nor_training():
-    # Serving loads libmxnet.so through ctypes; no training module enters a serving process.
+def test_serving_imports_neither_mxnet_nor_training_nor_pillow():
+    # Serving loads libmxnet.so through ctypes; no training module enters a serving process; Pillow waits for
+    # the first picture (it would lengthen every start).
     code = (
         "import sys; import mxnet_byoc.serve.app, mxnet_byoc.serve.server; "
-        "print(sorted(m for m in sys.modules if m == 'mxnet' or m.startswith(('mxnet.', 'mxnet_byoc.train'))))"
+        "print(sorted(m for m in sys.modules if m in ('mxnet', 'PIL') or m.startswith(('mxnet.', 'PIL.', "
+        "'mxnet_byoc.train'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

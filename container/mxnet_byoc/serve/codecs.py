@@ -22,7 +22,6 @@ import numpy as np
 import orjson
 import simdjson
 
-from . import pictures
 from .mediatypes import CSV, JPEG, JSON, JSONLINES, NPY, PNG, REQUEST_TYPES, RESPONSE_TYPES, media_type
 
 JSON_KEYS = ("instances", "inputs")
@@ -379,6 +378,10 @@ def _read_npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtyp
 
 
 def _decode_image(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
+    # Imported at the first picture: Pillow's import is 17-22 ms of serve's start before the workers fork
+    # (python -X importtime), for a content type few endpoints see.
+    from . import pictures
+
     try:
         picture = pictures.to_model_input(body, input_shape)
     except pictures.ImageError as e:
