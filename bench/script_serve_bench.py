@@ -83,6 +83,38 @@ MXNET_ENV = {"MXNET_CPU_WORKER_NTHREADS": "1", "MXNET_CPU_PRIORITY_NTHREADS": "1
              "MXNET_KVSTORE_REDUCTION_NTHREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
+# The user's transform_fn alone, in one process: the part of a request that no server can make cheaper.
+HANDLER_ALONE = """
+import importlib.util, sys, time
+model_dir, program, body_path, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+spec = importlib.util.spec_from_file_location("user_script", f"{model_dir}/code/{program}")
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+model, body = script.model_fn(model_dir), open(body_path, "rb").read()
+for _ in range(100):
+    script.transform_fn(model, body, "application/json", "application/json")
+n, start = 0, time.thread_time()
+while time.thread_time() - start < seconds:
+    script.transform_fn(model, body, "application/json", "application/json")
+    n += 1
+print((time.thread_time() - start) / n * 1e6)
+"""
+
+
+def handler_alone_cpu_us(model_dir: Path, program: str, body: Path, seconds: float = 3) -> float:
+    """CPU microseconds per call of the user's transform_fn on `body`, in one process with our workers' MXNet
+    settings (the best of three runs)."""
+    env = {**os.environ, **settings.WORKER_ENV_DEFAULTS}
+    figures = []
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", HANDLER_ALONE, str(model_dir), program, str(body), str(seconds)],
+                                capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            sys.exit(f"the transform_fn alone failed:\n{result.stderr[-2000:]}")
+        figures.append(float(result.stdout.split()[-1]))
+    return min(figures)
+
+
 def ensure_aws_stack(venv: Path) -> Path:
     """The virtualenv with AWS's MXNet serving stack, made (and kept) at `venv`."""
     stamp = venv / ".installed"
@@ -296,6 +328,12 @@ def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: 
             print(f"{c:>11} {med(bare, 'rps'):>10.0f} req/s, {med(bare, 'cpu_us'):.0f} CPU us per request: "
                   f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(bare, b)):.2f} of AWS's; ours "
                   f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(a, bare)):.2f} of it")
+        alone = handler_alone_cpu_us(model_dir, program, body)
+        bounds = ", ".join(f"{med(b, 'cpu_us') / alone:.2f} at {c}" for c, (a, b, *_) in runs.items())
+        beyond = ", ".join(f"{med(a, 'cpu_us') - alone:.0f}" for a, *_ in runs.values())
+        print(f"  the transform_fn alone, called in a loop in one process: {alone:.0f} CPU us per call. AWS's CPU per "
+              f"request over it, the most a server with no cost of its own could reach by CPU: {bounds}; ours "
+              f"spends {beyond} us per request beyond it")
     return min(ratios)
 
 
