@@ -232,7 +232,8 @@ def gunicorn_per_request() -> None:
         "test_server_application: main")
 
 
-# `serve` with gunicorn's own sync worker in place of ours (only the read timeout and the JSON errors kept):
+# `serve` with gunicorn's own sync worker in place of ours (only the read timeout, the JSON errors and the cuts
+# measured by the rows of gunicorn_per_request kept):
 # the plain side of the worker's fast paths, which only show whole, in requests under load.
 STOCK_WORKER_SERVE = """
 import gunicorn.util
@@ -242,6 +243,8 @@ from mxnet_byoc.serve import server, worker
 class StockParts(Stock):
     def init_process(self):
         gunicorn.util.write_error = worker._write_json_error
+        gunicorn.util.http_date = worker.http_date  # the per-request cuts that gunicorn_per_request() measures
+        worker.settings_as_attributes(self.cfg)
         Stock.init_process(self)
 
     def handle(self, listener, client, addr):
