@@ -5,9 +5,10 @@ side by side on one model, under `wrk`, with one-image JSON requests.
 For each concurrency both servers (and the plain endpoint, `gunicorn -w N trivial_app:app`) get --rounds runs of
 --duration seconds in alternation. Printed: requests/s and server CPU per request (medians), the change's effect as
 the median and the range of the per-round ratios "after over before" of server CPU per request (the steadiest figure
-on a shared machine), and each server's requests/s over the plain endpoint's. The earlier commit is checked out
-into a temporary git worktree and its `container/serve` run with that worktree's code (its folder comes first on
-the import path); the environment (the venv's gunicorn, Flask, numpy, MXNet) is this one's.
+on a shared machine), each server's p99 latency (median over the rounds), and each server's requests/s over the
+plain endpoint's. The earlier commit is checked out into a temporary git worktree and its `container/serve` run
+with that worktree's code (its folder comes first on the import path); the environment (the venv's gunicorn, Flask,
+numpy, MXNet) is this one's.
 Usage: .venv/bin/python bench/ab_serve.py [--commit HEAD] [--model cnn] [--model-dir DIR] [--rounds 6]
        [--duration 3] [--concurrency 1,8,32]
 """
@@ -43,11 +44,14 @@ def med(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def figures(runs: list[dict[str, float]]) -> str:
+    return f"{med(runs, 'rps'):>6.0f} req/s {med(runs, 'cpu_us'):>4.0f} us p99 {med(runs, 'p99_ms'):.2f} ms"
+
+
 def summary(before: list[dict], after: list[dict], plain: list[dict]) -> str:
     cpu = sorted(a["cpu_us"] / b["cpu_us"] for b, a in zip(before, after))
     over_plain = [statistics.median(x["rps"] / p["rps"] for x, p in zip(runs, plain)) for runs in (before, after)]
-    return (f"before {med(before, 'rps'):>6.0f} req/s {med(before, 'cpu_us'):>4.0f} us | "
-            f"after {med(after, 'rps'):>6.0f} req/s {med(after, 'cpu_us'):>4.0f} us | "
+    return (f"before {figures(before)} | after {figures(after)} | "
             f"plain {med(plain, 'rps'):>6.0f} req/s | CPU after/before {statistics.median(cpu):.3f} "
             f"({cpu[0]:.3f}-{cpu[-1]:.3f}) | over plain: before {over_plain[0]:.3f}, after {over_plain[1]:.3f}")
 
