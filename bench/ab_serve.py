@@ -28,6 +28,7 @@ import orjson
 import serve_bench
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
+from serve_bench import median
 
 
 def worktree(commit: str, folder: Path) -> Path:
@@ -40,19 +41,15 @@ def remove_worktree(folder: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
 
 
-def med(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(run[key] for run in runs)
-
-
 def figures(runs: list[dict[str, float]]) -> str:
-    return f"{med(runs, 'rps'):>6.0f} req/s {med(runs, 'cpu_us'):>4.0f} us p99 {med(runs, 'p99_ms'):.2f} ms"
+    return f"{median(runs, 'rps'):>6.0f} req/s {median(runs, 'cpu_us'):>4.0f} us p99 {median(runs, 'p99_ms'):.2f} ms"
 
 
 def summary(before: list[dict], after: list[dict], plain: list[dict]) -> str:
     cpu = sorted(a["cpu_us"] / b["cpu_us"] for b, a in zip(before, after))
     over_plain = [statistics.median(x["rps"] / p["rps"] for x, p in zip(runs, plain)) for runs in (before, after)]
     return (f"before {figures(before)} | after {figures(after)} | "
-            f"plain {med(plain, 'rps'):>6.0f} req/s | CPU after/before {statistics.median(cpu):.3f} "
+            f"plain {median(plain, 'rps'):>6.0f} req/s | CPU after/before {statistics.median(cpu):.3f} "
             f"({cpu[0]:.3f}-{cpu[-1]:.3f}) | over plain: before {over_plain[0]:.3f}, after {over_plain[1]:.3f}")
 
 

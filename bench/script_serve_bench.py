@@ -53,6 +53,7 @@ from serve_bench import (
     WRK_SCRIPT,
     ensure_program,
     ensure_wrk,
+    median,
     mnist_dir,
     plain_endpoint,
     post,
@@ -316,8 +317,8 @@ def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: 
         ratio = statistics.median(x["rps"] / y["rps"] for x, y in zip(a, b))
         cpu_ratio = statistics.median(y["cpu_us"] / x["cpu_us"] for x, y in zip(a, b))
         ratios.append(ratio)
-        print(f"{c:>11} {med(a, 'rps'):>10.0f} {med(a, 'p50_ms'):>7.2f} {med(a, 'cpu_us'):>7.0f} | "
-              f"{med(b, 'rps'):>9.0f} {med(b, 'p50_ms'):>7.2f} {med(b, 'cpu_us'):>7.0f} | {ratio:>5.2f} "
+        print(f"{c:>11} {median(a, 'rps'):>10.0f} {median(a, 'p50_ms'):>7.2f} {median(a, 'cpu_us'):>7.0f} | "
+              f"{median(b, 'rps'):>9.0f} {median(b, 'p50_ms'):>7.2f} {median(b, 'cpu_us'):>7.0f} | {ratio:>5.2f} "
               f"{cpu_ratio:>9.2f}")
     print("  (ratio: our requests/s over AWS's, median of adjacent runs; CPU ratio: AWS's CPU time per request, "
           "all its processes, over ours)")
@@ -325,20 +326,16 @@ def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: 
         print("  the bare stack, `gunicorn -w N script_app:app` (a Flask view calling the same transform_fn), "
               "against AWS's and ours:")
         for c, (a, b, bare) in runs.items():
-            print(f"{c:>11} {med(bare, 'rps'):>10.0f} req/s, {med(bare, 'cpu_us'):.0f} CPU us per request: "
+            print(f"{c:>11} {median(bare, 'rps'):>10.0f} req/s, {median(bare, 'cpu_us'):.0f} CPU us per request: "
                   f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(bare, b)):.2f} of AWS's; ours "
                   f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(a, bare)):.2f} of it")
         alone = handler_alone_cpu_us(model_dir, program, body)
-        bounds = ", ".join(f"{med(b, 'cpu_us') / alone:.2f} at {c}" for c, (a, b, *_) in runs.items())
-        beyond = ", ".join(f"{med(a, 'cpu_us') - alone:.0f}" for a, *_ in runs.values())
+        bounds = ", ".join(f"{median(b, 'cpu_us') / alone:.2f} at {c}" for c, (a, b, *_) in runs.items())
+        beyond = ", ".join(f"{median(a, 'cpu_us') - alone:.0f}" for a, *_ in runs.values())
         print(f"  the transform_fn alone, called in a loop in one process: {alone:.0f} CPU us per call. AWS's CPU per "
               f"request over it, the most a server with no cost of its own could reach by CPU: {bounds}; ours "
               f"spends {beyond} us per request beyond it")
     return min(ratios)
-
-
-def med(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(run[key] for run in runs)
 
 
 if __name__ == "__main__":
