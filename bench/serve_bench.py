@@ -12,7 +12,9 @@ user's `model_fn` and `transform_fn` in script mode) it prints, in one run:
 - where a worker's CPU goes per request (py-spy samples of one worker at concurrency 8, in stages: gunicorn,
   request log, body read, JSON parse, pixels to float32, predict, encode), ours beside the plain endpoint's;
 - 1,000-image application/x-npy batches (uint8 and float32), one request per worker: images/s against the
-  in-process forward pass of the mxnet package's executor bound at 1,000 images with one OpenMP thread per CPU;
+  in-process forward pass of the mxnet package's executor bound at 1,000 images with one OpenMP thread per CPU,
+  and where a batch's CPU goes without HTTP (decoding, the forward pass and encoding, each timed alone on one
+  thread): the best ratio a server of this design could reach here;
 - seconds from starting `serve` to its first correct prediction, and the PSS of the serving process tree.
 It ends with each of issue 14's targets, met or NOT met, with the plain endpoint's figure beside ours.
 
@@ -44,6 +46,7 @@ import numpy as np
 from byoctl.kit import datasets, jobs, net
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
+from mxnet_byoc.serve.settings import WORKER_ENV_DEFAULTS
 from mxnet_byoc.train import data as idx  # numpy only
 
 CONCURRENCIES = (1, 8, 32)
@@ -81,6 +84,29 @@ while time.perf_counter() - start < seconds:
     ex.forward(is_train=False)[0].wait_to_read()
     n += 1
 print(n * batch / (time.perf_counter() - start), (time.process_time() - cpu) / (n * batch) * 1e6)
+"""
+
+# Where a 1,000-image batch's server CPU goes without HTTP: each stage of a worker's request (the same modules,
+# the workers' MXNet settings) timed alone on one thread, in CPU microseconds per image.
+BATCH_STAGES = """
+import sys, time
+from pathlib import Path
+from mxnet_byoc.serve import codecs, network
+model_dir, body = sys.argv[1], Path(sys.argv[2]).read_bytes()
+model = network.load(model_dir)
+batch = codecs.decode(body, "application/x-npy", model.input_shape)
+probabilities = model.predict(batch)
+stages = {"decode": lambda: codecs.decode(body, "application/x-npy", model.input_shape),
+          "forward": lambda: model.predict(batch),
+          "encode": lambda: codecs.encode(probabilities, model.classes, "application/json")}
+for name, step in stages.items():
+    best = float("inf")
+    for _ in range(5):
+        start = time.thread_time()
+        for _ in range(20):
+            step()
+        best = min(best, (time.thread_time() - start) / 20 / len(batch) * 1e6)
+    print(name, best)
 """
 
 # Where the start-up time goes, in one process without gunicorn: what each worker does before its first answer.
@@ -265,11 +291,21 @@ def in_process_forward(model_dir: Path, seconds: float, threads: int) -> dict[st
     return {"images_per_s": rate, "cpu_us_per_image": cpu_us}
 
 
+def batch_stages(model_dir: Path, body: Path, env: dict[str, str]) -> dict[str, float]:
+    """CPU microseconds per image of decoding `body`, the forward pass and encoding the answer, each on one thread
+    in one process with the workers' MXNet settings: what a server spends on a batch if HTTP were free."""
+    result = subprocess.run([sys.executable, "-c", BATCH_STAGES, str(model_dir), str(body)], capture_output=True,
+                            text=True, env={**os.environ, **WORKER_ENV_DEFAULTS, **env})
+    if result.returncode != 0:
+        sys.exit(f"the batch stages failed:\n{result.stderr[-2000:]}")
+    return {name: float(value) for name, value in (line.split() for line in result.stdout.splitlines())}
+
+
 def startup_phases(model_dir: Path, env: dict[str, str]) -> list[float]:
     """Seconds spent in each of STARTUP_PHASE_NAMES, from launching the interpreter."""
     started = time.time()
     result = subprocess.run([sys.executable, "-c", STARTUP_PHASES, str(model_dir)], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "MXNET_ENGINE_TYPE": "NaiveEngine", **env})
+                            env={**os.environ, **WORKER_ENV_DEFAULTS, **env})
     if result.returncode != 0:
         sys.exit(f"the start-up phases failed:\n{result.stderr[-2000:]}")
     marks = [started, *map(float, result.stdout.split())]
@@ -465,7 +501,8 @@ def print_targets(summaries: dict[str, dict], subjects: list[Subject], workers: 
         if subject.built_in:
             print(f"  {subject.name}: 1,000-image uint8 npy: {s['batch_rate']:,.0f} images/s, in-process forward "
                   f"pass on every core {s['forward_rate']:,.0f}: {s['batch_ratio']:.3f} [>= {TARGET_BATCH_RATIO:.2f}] "
-                  f"{verdict(s['batch_ratio'] >= TARGET_BATCH_RATIO)}")
+                  f"{verdict(s['batch_ratio'] >= TARGET_BATCH_RATIO)}; at most {s['batch_ceiling']:.3f} with HTTP free "
+                  f"(decoding, forward pass and encoding alone)")
     for subject in subjects:
         s = summaries[subject.name]
         if not subject.built_in:
@@ -580,6 +617,17 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
     print(f"  in-process forward pass (mxnet executor bound at 1,000, OMP_NUM_THREADS={cpus}): "
           f"{statistics.median(rates):.0f} images/s (runs: {', '.join(f'{f:.0f}' for f in rates)}), "
           f"{median(forwards, 'cpu_us_per_image'):.2f} CPU us per image")
+    batch_ceiling = None
+    if subject.built_in:
+        stages = batch_stages(model_dir, bodies["uint8"], subject.env)
+        # With HTTP free and every core busy with one worker each, a server answers cpus images per
+        # sum(stages) microseconds: the best ratio this design reaches on this machine.
+        batch_ceiling = cpus * 1e6 / sum(stages.values()) / statistics.median(rates)
+        rest = median(batch_runs["uint8"], "cpu_us") / 1000 - sum(stages.values())
+        print("  where a uint8 batch's server CPU goes (us per image): "
+              + ", ".join(f"{name} {us:.2f}" for name, us in stages.items())
+              + f" (each alone on one thread, the workers' settings), HTTP and the rest {rest:.2f}; with HTTP free "
+              f"and one worker per core the server would reach {batch_ceiling:.2f} of the in-process forward pass")
 
     print(f"\nstart of `serve` to first correct prediction: median {statistics.median(startups):.2f} s "
           f"(runs: {', '.join(f'{s:.2f}' for s in startups)})")
@@ -593,6 +641,7 @@ def benchmark(args: argparse.Namespace, wrk: str, work: Path, subject: Subject) 
     summary.update({
         "batch_ratio": statistics.median(r["rps"] * 1000 / f for r, f in zip(uint8, rates)),
         "batch_rate": median(uint8, "rps") * 1000,
+        "batch_ceiling": batch_ceiling,
         "forward_rate": statistics.median(rates),
         "startup_s": statistics.median(startups),
         "pss_mib": pss / 1024,

@@ -187,10 +187,13 @@ def _one_to_unit_range(batch: np.ndarray) -> np.ndarray:
 
 def _each_to_unit_range(batch: np.ndarray) -> np.ndarray:
     flat = batch.reshape(batch.shape[0], -1)
-    highest, lowest = flat.max(axis=1), flat.min(axis=1)
-    if not (lowest.min() >= 0 and highest.max() <= 255):  # written so that NaN fails too
-        bad = int(np.flatnonzero(~((lowest >= 0) & (highest <= 255)))[0])
-        raise _out_of_range(bad, lowest[bad], highest[bad])
+    highest = flat.max(axis=1)
+    # uint8 pixels cannot leave [0, 255]: one pass over the batch less, 0.08 of 0.46 us per image (1,000 images).
+    if batch.dtype != np.uint8:
+        lowest = flat.min(axis=1)
+        if not (lowest.min() >= 0 and highest.max() <= 255):  # written so that NaN fails too
+            bad = int(np.flatnonzero(~((lowest >= 0) & (highest <= 255)))[0])
+            raise _out_of_range(bad, lowest[bad], highest[bad])
     on_255 = highest > 1
     if on_255.all():
         # Converts and scales in one pass; x / 255 in float32, as training scales its uint8 pixels.
