@@ -22,9 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import orjson
-
 import serve_bench
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
@@ -72,7 +69,7 @@ def main() -> None:
         (work / "model").symlink_to(model_dir.resolve())
         script, body = work / "post.lua", work / "one.json"
         script.write_text(serve_bench.WRK_SCRIPT)
-        body.write_bytes(orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]}))
+        body.write_bytes(serve_bench.random_digit_json())
         earlier = worktree(args.commit, work / "earlier")
         workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers)}
         servers = {

@@ -95,7 +95,7 @@ def in_requests(model_dir: Path) -> None:
     the plain path swapped in and out, so that the caches are as cold as in a worker: in isolation the
     differences come out 3-5 times smaller."""
     handler = digits.loader()(model_dir)
-    body = orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]})
+    body = serve_bench.random_digit_json()
     for name, attribute, plain_path, test in (
         ("one image scaled in 3 numpy calls, not 10", "_one_to_unit_range", codecs._each_to_unit_range,
          "test_codecs: one image scaled"),
@@ -267,7 +267,7 @@ def whole_requests(model_dir: Path, rounds: int = 12, seconds: int = 3) -> None:
         (work / "model").symlink_to(model_dir.resolve())
         script, body = work / "post.lua", work / "one.json"
         script.write_text(serve_bench.WRK_SCRIPT)
-        body.write_bytes(orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]}))
+        body.write_bytes(serve_bench.random_digit_json())
         servers = {"stock": Server(work, work / "stock.log", [sys.executable, "-c", STOCK_WORKER_SERVE]),
                    "closing": Server(work, work / "closing.log", **{settings.KEEP_ALIVE_S: "0"}),
                    "ours": Server(work, work / "ours.log")}

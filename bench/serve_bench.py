@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from byoctl.kit import datasets, jobs, net
 from byoctl.kit.project import ROOT
@@ -181,6 +182,12 @@ STAGES = [  # (stage, the end of the frame's file path, its function names or No
     ("gunicorn: environ, send the answer", "/gunicorn/util.py", {"write"}),
     ("gunicorn: accept, close, loop", "/gunicorn/", None),
 ]
+
+
+def random_digit_json() -> bytes:
+    """One image of random 0-255 pixels as a JSON request body, the same at every call: for benches that compare
+    servers on the same body and need no real digit."""
+    return orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]})
 
 
 def ensure_wrk() -> str:
