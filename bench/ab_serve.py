@@ -66,10 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ab-serve-") as folder:
         work = Path(folder)
         model_dir = args.model_dir or serve_bench.train_model(work / "train", args.model, 1)
-        (work / "model").symlink_to(model_dir.resolve())
-        script, body = work / "post.lua", work / "one.json"
-        script.write_text(serve_bench.WRK_SCRIPT)
-        body.write_bytes(serve_bench.random_digit_json())
+        script, body = serve_bench.one_image_folder(work, model_dir)
         earlier = worktree(args.commit, work / "earlier")
         workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers)}
         servers = {

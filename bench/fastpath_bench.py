@@ -264,10 +264,7 @@ def whole_requests(model_dir: Path, rounds: int = 12, seconds: int = 3) -> None:
     wrk = serve_bench.ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="fastpath-serve-") as folder:
         work = Path(folder)
-        (work / "model").symlink_to(model_dir.resolve())
-        script, body = work / "post.lua", work / "one.json"
-        script.write_text(serve_bench.WRK_SCRIPT)
-        body.write_bytes(serve_bench.random_digit_json())
+        script, body = serve_bench.one_image_folder(work, model_dir)
         servers = {"stock": Server(work, work / "stock.log", [sys.executable, "-c", STOCK_WORKER_SERVE]),
                    "closing": Server(work, work / "closing.log", **{settings.KEEP_ALIVE_S: "0"}),
                    "ours": Server(work, work / "ours.log")}

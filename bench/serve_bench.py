@@ -190,6 +190,16 @@ def random_digit_json() -> bytes:
     return orjson.dumps({"instances": [np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()]})
 
 
+def one_image_folder(work: Path, model_dir: Path) -> tuple[Path, Path]:
+    """`work` made ready to serve `model_dir` (as work/model) under wrk with random_digit_json(): the paths of
+    wrk's script and of the body file."""
+    (work / "model").symlink_to(model_dir.resolve())
+    script, body = work / "post.lua", work / "one.json"
+    script.write_text(WRK_SCRIPT)
+    body.write_bytes(random_digit_json())
+    return script, body
+
+
 def ensure_wrk() -> str:
     return ensure_program("wrk", "wrk")
 
