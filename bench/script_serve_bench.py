@@ -45,7 +45,6 @@ from pathlib import Path
 
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
-from mxnet_byoc.serve import settings
 from mxnet_byoc.train import data as idx  # numpy only
 from serve_bench import (
     INVOCATIONS,
@@ -60,6 +59,7 @@ from serve_bench import (
     run_wrk,
     serve_process,
     train_model,
+    worker_environ,
 )
 
 AWS_STACK = ["multi-model-server==1.1.11", "sagemaker-mxnet-inference==1.5.5", "sagemaker-inference==1.6.1",
@@ -105,7 +105,7 @@ print((time.thread_time() - start) / n * 1e6)
 def handler_alone_cpu_us(model_dir: Path, program: str, body: Path, seconds: float = 3) -> float:
     """CPU microseconds per call of the user's transform_fn on `body`, in one process with our workers' MXNet
     settings (the best of three runs)."""
-    env = {**os.environ, **settings.WORKER_ENV_DEFAULTS}
+    env = worker_environ()
     figures = []
     for _ in range(3):
         result = subprocess.run([sys.executable, "-c", HANDLER_ALONE, str(model_dir), program, str(body), str(seconds)],
@@ -275,9 +275,10 @@ def main() -> None:
 
 def bare_stack(model_dir: Path, program: str, workers: int, log: Path) -> Server:
     """`gunicorn -w N script_app:app` (gunicorn's defaults but for the port) around the user's script, with our
-    workers' MXNet settings (settings.WORKER_ENV_DEFAULTS), so that the script costs what it costs in ours."""
-    return plain_endpoint(model_dir.parent, workers, log, "script_app:app", SCRIPT_APP_MODEL_DIR=str(model_dir),
-                          SAGEMAKER_PROGRAM=program, **settings.WORKER_ENV_DEFAULTS)
+    workers' MXNet settings and allocator (serve_bench.worker_environ), so that the script costs what it costs in
+    ours."""
+    return plain_endpoint(model_dir.parent, workers, log, "script_app:app",
+                          **worker_environ(SCRIPT_APP_MODEL_DIR=str(model_dir), SAGEMAKER_PROGRAM=program))
 
 
 def compare(args: argparse.Namespace, wrk: str, script: Path, body: Path, venv: Path, model_dir: Path,

@@ -47,6 +47,7 @@ import orjson
 from byoctl.kit import datasets, jobs, net
 from byoctl.kit.project import ROOT
 from byoctl.kit.servers import Server
+from mxnet_byoc.serve import allocator
 from mxnet_byoc.serve.settings import WORKER_ENV_DEFAULTS
 from mxnet_byoc.train import data as idx  # numpy only
 
@@ -130,6 +131,8 @@ STARTUP_PHASE_NAMES = ("interpreter", "imports (gunicorn, Flask, numpy, the app)
 # `serve` as it runs, with a handler that only runs the forward pass on one image held in memory and answers a
 # constant: the most any decoding and encoding could give one-image requests through this server on this machine.
 FORWARD_ONLY_SERVE = """
+from mxnet_byoc.serve import allocator
+allocator.restart_with_tcmalloc()  # as container/serve does
 import numpy as np
 from mxnet_byoc.serve import device, digits, network, server
 
@@ -312,17 +315,22 @@ def batch_stages(model_dir: Path, body: Path, env: dict[str, str]) -> dict[str, 
     """CPU microseconds per image of decoding `body`, the forward pass and encoding the answer, each on one thread
     in one process with the workers' MXNet settings: what a server spends on a batch if HTTP were free."""
     result = subprocess.run([sys.executable, "-c", BATCH_STAGES, str(model_dir), str(body)], capture_output=True,
-                            text=True, env={**os.environ, **WORKER_ENV_DEFAULTS, **env})
+                            text=True, env=worker_environ(**env))
     if result.returncode != 0:
         sys.exit(f"the batch stages failed:\n{result.stderr[-2000:]}")
     return {name: float(value) for name, value in (line.split() for line in result.stdout.splitlines())}
+
+
+def worker_environ(**extra: str) -> dict[str, str]:
+    """This environment as `serve` gives it to its workers (their MXNet settings and allocator), `extra` on top."""
+    return allocator.with_tcmalloc({**os.environ, **WORKER_ENV_DEFAULTS, **extra})
 
 
 def startup_phases(model_dir: Path, env: dict[str, str]) -> list[float]:
     """Seconds spent in each of STARTUP_PHASE_NAMES, from launching the interpreter."""
     started = time.time()
     result = subprocess.run([sys.executable, "-c", STARTUP_PHASES, str(model_dir)], capture_output=True, text=True,
-                            env={**os.environ, **WORKER_ENV_DEFAULTS, **env})
+                            env=worker_environ(**env))
     if result.returncode != 0:
         sys.exit(f"the start-up phases failed:\n{result.stderr[-2000:]}")
     marks = [started, *map(float, result.stdout.split())]
