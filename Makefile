@@ -84,6 +84,7 @@ bench: venv
 	$(PY) bench/train_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/fastpath_bench.py
+	$(PY) bench/allocator_bench.py
 	$(PY) bench/script_serve_bench.py
 	$(PY) bench/image_bench.py
 

@@ -295,7 +295,7 @@ def main() -> None:
                         "1-epoch mlp, trained)")
     args = parser.parse_args()
     REPEAT = args.repeat
-    allocator.restart_with_tcmalloc()  # the allocator of serve's workers (this starts the bench again, once)
+    allocator.restart_with_allocator()  # the allocator of serve's workers (this starts the bench again, once)
     for name, value in {**settings.WORKER_ENV_DEFAULTS, "MXNET_SUBGRAPH_VERBOSE": "0"}.items():
         os.environ.setdefault(name, value)  # as in a worker, before libmxnet.so is loaded
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")

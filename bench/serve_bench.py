@@ -132,7 +132,7 @@ STARTUP_PHASE_NAMES = ("interpreter", "imports (gunicorn, Flask, numpy, the app)
 # constant: the most any decoding and encoding could give one-image requests through this server on this machine.
 FORWARD_ONLY_SERVE = """
 from mxnet_byoc.serve import allocator
-allocator.restart_with_tcmalloc()  # as container/serve does
+allocator.restart_with_allocator()  # as container/serve does
 import numpy as np
 from mxnet_byoc.serve import device, digits, network, server
 
@@ -212,13 +212,17 @@ def ensure_program(program: str, package: str) -> str:
     found = shutil.which(program)
     if found:
         return found
+    apt_install(package)
+    return shutil.which(program) or sys.exit(f"{program} could not be installed")
+
+
+def apt_install(package: str) -> None:
     print(f"installing {package} (apt-get) ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
-    return shutil.which(program) or sys.exit(f"{program} could not be installed")
 
 
 def mnist_dir() -> Path:
@@ -323,7 +327,7 @@ def batch_stages(model_dir: Path, body: Path, env: dict[str, str]) -> dict[str, 
 
 def worker_environ(**extra: str) -> dict[str, str]:
     """This environment as `serve` gives it to its workers (their MXNet settings and allocator), `extra` on top."""
-    return allocator.with_tcmalloc({**os.environ, **WORKER_ENV_DEFAULTS, **extra})
+    return allocator.with_allocator({**os.environ, **WORKER_ENV_DEFAULTS, **extra})
 
 
 def startup_phases(model_dir: Path, env: dict[str, str]) -> list[float]:

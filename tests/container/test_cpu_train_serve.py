@@ -74,24 +74,24 @@ for folder in glob.glob("/proc/[0-9]*"):
     except OSError:
         continue
     if any(part.endswith(b"/serve") for part in cmdline):
-        print(folder[6:], "libtcmalloc_minimal.so" in maps)
+        print(folder[6:], "libjemalloc.so" in maps)
 """
 
 
-def _serve_processes_with_tcmalloc(container: str) -> dict[str, bool]:
+def _serve_processes_with_jemalloc(container: str) -> dict[str, bool]:
     out = sh("docker", "exec", container, "python3", "-c", SERVE_PROCESSES_MAPPING).stdout
     return {pid: mapped == "True" for pid, mapped in (line.split() for line in out.splitlines())}
 
 
-def test_serve_runs_its_master_and_workers_on_tcmalloc(cpu_image: str, cpu_trained: TrainedJob) -> None:
-    # The image ships tcmalloc and `serve` preloads it (mxnet_byoc/serve/allocator.py): 8% less CPU per
-    # one-image cnn request under load (README, Performance).
+def test_serve_runs_its_master_and_workers_on_jemalloc(cpu_image: str, cpu_trained: TrainedJob) -> None:
+    # The image ships jemalloc and `serve` preloads it (mxnet_byoc/serve/allocator.py; bench/allocator_bench.py
+    # has the figures).
     two_workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     with serving(cpu_image, cpu_trained.model_dir, env=two_workers) as server:
-        found = _serve_processes_with_tcmalloc(server.name)
+        found = _serve_processes_with_jemalloc(server.name)
     assert len(found) == 3 and all(found.values()), found  # the master and its 2 workers
     with serving(cpu_image, cpu_trained.model_dir, env={**two_workers, "LD_PRELOAD": ""}) as server:  # opt-out
-        found = _serve_processes_with_tcmalloc(server.name)
+        found = _serve_processes_with_jemalloc(server.name)
     assert len(found) == 3 and not any(found.values()), found
 
 

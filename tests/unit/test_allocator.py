@@ -1,4 +1,4 @@
-"""`serve` preloads tcmalloc when the machine has it (mxnet_byoc.serve.allocator), unless LD_PRELOAD says
+"""`serve` preloads jemalloc when the machine has it (mxnet_byoc.serve.allocator), unless LD_PRELOAD says
 otherwise; the restart keeps the process (its PID) and its arguments."""
 
 from __future__ import annotations
@@ -14,39 +14,39 @@ from mxnet_byoc.serve import allocator
 
 
 @pytest.fixture
-def fake_tcmalloc(tmp_path: Path, monkeypatch) -> Path:
-    library = tmp_path / "lib" / "x86_64-linux-gnu" / "libtcmalloc_minimal.so.4"
+def fake_jemalloc(tmp_path: Path, monkeypatch) -> Path:
+    library = tmp_path / "lib" / "x86_64-linux-gnu" / "libjemalloc.so.2"
     library.parent.mkdir(parents=True)
     library.write_bytes(b"")
-    monkeypatch.setattr(allocator, "TCMALLOC_PATTERNS", (str(tmp_path / "nothing" / "*.so.4"),
+    monkeypatch.setattr(allocator, "LIBRARY_PATTERNS", (str(tmp_path / "nothing" / "*.so.2"),
                                                          str(tmp_path / "lib" / "*-linux-gnu" / library.name)))
     return library
 
 
-def test_tcmalloc_is_added_to_the_environment_when_found(fake_tcmalloc: Path) -> None:
+def test_the_allocator_is_added_to_the_environment_when_found(fake_jemalloc: Path) -> None:
     environ = {"PATH": "/usr/bin"}
-    assert allocator.with_tcmalloc(environ) == {"PATH": "/usr/bin", "LD_PRELOAD": str(fake_tcmalloc)}
+    assert allocator.with_allocator(environ) == {"PATH": "/usr/bin", "LD_PRELOAD": str(fake_jemalloc)}
     assert environ == {"PATH": "/usr/bin"}  # the caller's mapping is left alone
 
 
-@pytest.mark.parametrize("users", ["", "/usr/lib/libjemalloc.so.2"])
-def test_an_ld_preload_already_set_is_the_users_choice(fake_tcmalloc: Path, users: str) -> None:
+@pytest.mark.parametrize("users", ["", "/usr/lib/libtcmalloc_minimal.so.4"])
+def test_an_ld_preload_already_set_is_the_users_choice(fake_jemalloc: Path, users: str) -> None:
     # Even an empty one: `-e LD_PRELOAD=` is how a user keeps glibc's malloc.
-    assert allocator.with_tcmalloc({"LD_PRELOAD": users}) == {"LD_PRELOAD": users}
+    assert allocator.with_allocator({"LD_PRELOAD": users}) == {"LD_PRELOAD": users}
 
 
-def test_no_tcmalloc_on_the_machine_leaves_the_environment_as_it_is(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(allocator, "TCMALLOC_PATTERNS", (str(tmp_path / "*.so.4"),))
-    assert allocator.tcmalloc_path() is None
-    assert allocator.with_tcmalloc({"PATH": "/usr/bin"}) == {"PATH": "/usr/bin"}
+def test_no_allocator_on_the_machine_leaves_the_environment_as_it_is(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(allocator, "LIBRARY_PATTERNS", (str(tmp_path / "*.so.2"),))
+    assert allocator.library_path() is None
+    assert allocator.with_allocator({"PATH": "/usr/bin"}) == {"PATH": "/usr/bin"}
 
 
 RESTART = """
 import os, sys
 from mxnet_byoc.serve import allocator
-allocator.TCMALLOC_PATTERNS = (sys.argv[1],)
+allocator.LIBRARY_PATTERNS = (sys.argv[1],)
 print("before", os.getpid(), os.environ.get("LD_PRELOAD"), sys.argv[1:], flush=True)
-allocator.restart_with_tcmalloc()
+allocator.restart_with_allocator()
 print("after", os.getpid(), os.environ.get("LD_PRELOAD"), sys.argv[1:], flush=True)
 """
 
@@ -59,13 +59,13 @@ def _restart(library: str, **env: str) -> list[list[str]]:
 
 
 def _a_real_library() -> str:
-    # A library this interpreter has loaded already (libc) stands in for tcmalloc, which this machine may lack:
+    # A library this interpreter has loaded already (libc) stands in for jemalloc, which this machine may lack:
     # preloading it changes nothing.
     maps = Path("/proc/self/maps").read_text().split()
-    return allocator.tcmalloc_path() or next(word for word in maps if "/libc.so" in word or "/libc-" in word)
+    return allocator.library_path() or next(word for word in maps if "/libc.so" in word or "/libc-" in word)
 
 
-def test_restart_runs_the_same_program_once_in_the_same_process_with_tcmalloc() -> None:
+def test_restart_runs_the_same_program_once_in_the_same_process_with_the_allocator() -> None:
     library = _a_real_library()
     lines = _restart(library)
     # Started again once (-c's program and its arguments kept, the interpreter's -X option too), same PID.
