@@ -1,10 +1,11 @@
 """The memory allocator of `serve`'s processes: jemalloc in place of glibc's malloc, when the machine has it.
 
 Why: a request allocates and frees many small objects (JSON, numpy and NDArray headers, MXNet's operator
-state), which jemalloc's per-thread caches make cheaper than glibc's malloc: 5-7% less CPU per one-image request,
-and after a large batch it keeps about what glibc keeps (bench/allocator_bench.py prints both, and tcmalloc's:
-a little faster, but it kept 50-185 MiB of a 94 MB batch per worker for good). MXNet's build has an option to
-link either (USE_JEMALLOC, USE_GPERFTOOLS); the wheels on PyPI link neither. The images install libjemalloc2.
+state), which jemalloc's per-thread caches make cheaper than glibc's malloc: 3-7% less CPU per one-image request,
+and after a large batch it keeps 3-20 MiB per worker more than glibc (bench/allocator_bench.py prints both, and
+tcmalloc's: a little faster, but it kept 50-185 MiB of a 94 MB batch per worker for good). MXNet's build has an
+option to link either (USE_JEMALLOC, USE_GPERFTOOLS); the wheels on PyPI link neither. The images install
+libjemalloc2.
 
 A library in LD_PRELOAD is loaded only when a process starts, so `serve` starts itself again, once, with it
 set; an LD_PRELOAD already in the environment, even an empty one, is the user's choice and kept.
