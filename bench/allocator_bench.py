@@ -25,10 +25,11 @@ import numpy as np
 
 import serve_bench
 from byoctl.kit.servers import Server
+from mxnet_byoc.serve import allocator
 
 ALLOCATORS = {  # name: (a glob for the library, Debian's package); glibc's is the one every process has
     "glibc": (None, None),
-    "jemalloc": ("/usr/lib/*-linux-gnu/libjemalloc.so.2", "libjemalloc2"),
+    "jemalloc": (allocator.LIBRARY_PATTERNS[0], "libjemalloc2"),  # serve's own
     "tcmalloc": ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
 }
 BATCH_IMAGES = 30_000

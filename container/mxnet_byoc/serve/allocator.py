@@ -35,8 +35,8 @@ def library_path() -> str | None:
 def with_allocator(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` with the allocator in LD_PRELOAD, unless LD_PRELOAD is set already (even empty: the user's
     choice) or this machine has no such library."""
-    library = library_path()
-    if library is None or LD_PRELOAD in environ:
+    library = None if LD_PRELOAD in environ else library_path()  # no search in the restarted process
+    if library is None:
         return dict(environ)
     return {**environ, LD_PRELOAD: library}
 
