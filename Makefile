@@ -36,14 +36,14 @@ DOCKER_BUILD := docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
 # The virtualenv, reinstalled when a requirements file changes (the stamp records the last install).
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements-dev.txt docker/requirements.txt pyproject.toml container/pyproject.toml
+$(VENV)/.installed: requirements-dev.txt docker/requirements.txt pyproject.toml container/pyproject.toml devkit/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 # byoctl's own environment with SDK 3.x: MXNet's numpy<1.24 holds .venv on SDK 2 (see pyproject.toml).
 client-venv: $(CLIENT_VENV)/.installed
-$(CLIENT_VENV)/.installed: requirements-client.txt pyproject.toml container/pyproject.toml
+$(CLIENT_VENV)/.installed: requirements-client.txt pyproject.toml container/pyproject.toml devkit/pyproject.toml
 	test -x $(CLIENT_PY) || $(PYTHON) -m venv $(CLIENT_VENV)
 	$(CLIENT_PY) -m pip install -q -r requirements-client.txt
 	touch $@
@@ -78,7 +78,7 @@ test-sdk3: client-venv image-cpu
 		$(SDK3_PYTEST_ARGS)
 
 demo: venv
-	$(PY) -m byoctl.demo $(DEMO_ARGS)
+	$(PY) -m devkit.demo $(DEMO_ARGS)
 
 bench: venv
 	$(PY) bench/train_bench.py

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 import serve_bench
-from byoctl.kit.project import ROOT
-from byoctl.kit.servers import Server
+from devkit.project import ROOT
+from devkit.servers import Server
 from serve_bench import median
 
 

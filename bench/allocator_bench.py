@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import serve_bench
-from byoctl.kit.servers import Server
+from devkit.servers import Server
 from mxnet_byoc.serve import allocator
 
 ALLOCATORS = {  # name: (a glob for the library, Debian's package); glibc's is the one every process has

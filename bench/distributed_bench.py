@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from byoctl.kit import datasets, idx, jobs
+from devkit import datasets, idx, jobs
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
 

@@ -41,7 +41,7 @@ from gunicorn.http.unreader import SocketUnreader
 from werkzeug.test import EnvironBuilder
 
 import serve_bench
-from byoctl.kit.servers import Server
+from devkit.servers import Server
 from mxnet_byoc.serve import allocator, codecs, digits, server, settings, worker
 from mxnet_byoc.serve import app as serving
 

@@ -24,22 +24,22 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from byoctl.kit import commands
-from byoctl.kit.project import ROOT, SCRIPTS
+from devkit import shell
+from devkit.project import ROOT, SCRIPTS
 
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:bookworm-slim")
 
 
 def run(cmd: list[str], env: Mapping[str, str] | None = None) -> float:
     """Seconds `cmd` took; the bench stops with its output when it fails."""
-    done = commands.run(cmd, timeout=None, env=env)
+    done = shell.run(cmd, timeout=None, env=env)
     if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.log[-commands.TAIL:]}")
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.log[-shell.TAIL:]}")
     return done.seconds
 
 
 def size_mb(image: str) -> float:
-    return int(commands.sh("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout) / 1e6
+    return int(shell.sh("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout) / 1e6
 
 
 def build(flavour: str, tag: str, context: Path, no_cache: bool = False) -> float:

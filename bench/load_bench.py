@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byoctl.kit.servers import Server
+from devkit.servers import Server
 from mxnet_byoc.serve import settings  # the standard library only
 from mxnet_byoc.train import data as idx  # numpy only
 from serve_bench import INVOCATIONS, ensure_wrk, mnist_dir, serve_process, train_model

@@ -43,8 +43,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from byoctl.kit.project import ROOT
-from byoctl.kit.servers import Server
+from devkit.project import ROOT
+from devkit.servers import Server
 from mxnet_byoc.train import data as idx  # numpy only
 from serve_bench import (
     INVOCATIONS,

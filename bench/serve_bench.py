@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from byoctl.kit import datasets, jobs, net
-from byoctl.kit.project import ROOT
-from byoctl.kit.servers import Server
+from devkit import datasets, jobs, net
+from devkit.project import ROOT
+from devkit.servers import Server
 from mxnet_byoc.serve import allocator
 from mxnet_byoc.serve.settings import WORKER_ENV_DEFAULTS
 from mxnet_byoc.train import data as idx  # numpy only

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from byoctl.kit import datasets, idx, jobs
-from byoctl.kit.project import ROOT
+from devkit import datasets, idx, jobs
+from devkit.project import ROOT
 
 TORCH_VENV = ROOT / ".bench-venv"
 TORCH_PIN = "torch==2.13.0"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit import datasets, project
 from byoctl.mnist import MnistError
+from devkit import datasets, project
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """MNIST_DIR, else ../shared/mnist, else a checksummed download into .cache/mnist (byoctl.kit.datasets)."""
+    """MNIST_DIR, else ../shared/mnist, else a checksummed download into .cache/mnist (devkit.datasets)."""
     try:
         return datasets.find_mnist()
     except MnistError as e:

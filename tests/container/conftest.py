@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit.commands import sh
-from byoctl.kit.docker import CPU_IMAGE, GPU_IMAGE, docker_run
-from byoctl.kit.jobs import TrainedJob, make_job
-from byoctl.kit.project import LOGS, ROOT, SCRIPTS
+from devkit.docker import CPU_IMAGE, GPU_IMAGE, docker_run
+from devkit.jobs import TrainedJob, make_job
+from devkit.project import LOGS, ROOT, SCRIPTS
+from devkit.shell import sh
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit.net import free_port
-from byoctl.kit.waiting import wait_until
+from devkit.net import free_port
+from devkit.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "build_and_push.sh"

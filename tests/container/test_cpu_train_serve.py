@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import requests
 
-from byoctl.kit.bodies import npy
-from byoctl.kit.commands import sh
-from byoctl.kit.docker import container_name, docker_command, docker_run
-from byoctl.kit.idx import mnist_arrays
-from byoctl.kit.jobs import TrainedJob, make_job
-from byoctl.kit.servers import ContainerServer, serving
-from byoctl.kit.waiting import wait_until
+from devkit.bodies import npy
+from devkit.docker import container_name, docker_command, docker_run
+from devkit.idx import mnist_arrays
+from devkit.jobs import TrainedJob, make_job
+from devkit.servers import ContainerServer, serving
+from devkit.shell import sh
+from devkit.waiting import wait_until
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit.commands import sh
-from byoctl.kit.docker import docker_run
-from byoctl.kit.jobs import make_job
+from devkit.docker import docker_run
+from devkit.jobs import make_job
+from devkit.shell import sh
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 

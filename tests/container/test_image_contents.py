@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from byoctl.kit.commands import sh
-from byoctl.kit.project import ROOT
+from devkit.project import ROOT
+from devkit.shell import sh
 
 pytestmark = pytest.mark.container
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit.commands import sh
-from byoctl.kit.docker import CPU_IMAGE
-from byoctl.kit.idx import MNIST_FILES, mnist_arrays, write_subsets
-from byoctl.kit.net import free_port
-from byoctl.kit.offline import AWS_OFFLINE, offline_aws
-from byoctl.kit.project import ROOT
-from byoctl.kit.waiting import wait_until
+from devkit.docker import CPU_IMAGE
+from devkit.idx import MNIST_FILES, mnist_arrays, write_subsets
+from devkit.net import free_port
+from devkit.offline import AWS_OFFLINE, offline_aws
+from devkit.project import ROOT
+from devkit.shell import sh
+from devkit.waiting import wait_until
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 

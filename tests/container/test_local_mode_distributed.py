@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit.net import free_port
-from byoctl.kit.project import LOGS
+from devkit.net import free_port
+from devkit.project import LOGS
 from tests.container import test_local_mode as one_host_tests
 from tests.container.test_local_mode import ROLE, _local_mode_containers, local_session
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit import idx, net, sourcedir
-from byoctl.kit.commands import sh
-from byoctl.kit.docker import docker_run
-from byoctl.kit.net import free_port
-from byoctl.kit.project import ROOT
-from byoctl.kit.servers import serving
+from devkit import idx, net, sourcedir
+from devkit.docker import docker_run
+from devkit.net import free_port
+from devkit.project import ROOT
+from devkit.servers import serving
+from devkit.shell import sh
 from tests.container import test_local_mode as one_host_tests
 from tests.container.test_local_mode import ROLE, local_session
 from tests.container.test_local_mode_distributed import _job_containers, host_lines, run_fit

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import requests
 
-from byoctl.kit.net import free_port
-from byoctl.kit.script_models import THREE_FUNCTIONS_SCRIPT, TRANSFORM_SCRIPT, train_regression, write_script
-from byoctl.kit.servers import serving
+from devkit.net import free_port
+from devkit.script_models import THREE_FUNCTIONS_SCRIPT, TRANSFORM_SCRIPT, train_regression, write_script
+from devkit.servers import serving
 from tests.container.test_local_mode import ROLE, TELEMETRY_OPT_OUT, offline  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

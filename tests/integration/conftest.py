@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit import idx, jobs
-from byoctl.kit.servers import Server
+from devkit import idx, jobs
+from devkit.servers import Server
 from mxnet_byoc.serve import network
 
 

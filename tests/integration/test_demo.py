@@ -1,4 +1,4 @@
-"""`python -m byoctl.demo --no-docker`: the real container/train and container/serve, end to end."""
+"""`python -m devkit.demo --no-docker`: the real container/train and container/serve, end to end."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from byoctl import demo
 def test_demo_without_docker_trains_serves_and_reports(mnist_dir: Path, repo_root: Path) -> None:
     env = dict(os.environ, MNIST_DIR=str(mnist_dir))
     result = subprocess.run(
-        [sys.executable, "-m", "byoctl.demo", "--no-docker", "--epochs", "1"],
+        [sys.executable, "-m", "devkit.demo", "--no-docker", "--epochs", "1"],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=900,
     )
     out = result.stdout + result.stderr

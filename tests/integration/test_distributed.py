@@ -16,9 +16,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from byoctl.kit import idx, jobs
-from byoctl.kit.net import free_port_pair
-from byoctl.kit.waiting import wait_until
+from devkit import idx, jobs
+from devkit.net import free_port_pair
+from devkit.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 from PIL import Image
 
-from byoctl.kit.bodies import npy
-from byoctl.kit.servers import Server
+from devkit.bodies import npy
+from devkit.servers import Server
 
 WORKERS = 2
 TIMEOUT_S = 6  # SAGEMAKER_MODEL_SERVER_TIMEOUT: gunicorn kills a worker silent for this long

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from byoctl.kit.servers import Server
-from byoctl.kit.waiting import wait_until
+from devkit.servers import Server
+from devkit.waiting import wait_until
 
 ONE_DIGIT = json.dumps({"instances": [[0] * 783 + [255]]}).encode()
 

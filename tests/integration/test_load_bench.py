@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from byoctl.kit.project import ROOT
+from devkit.project import ROOT
 
 BENCH = ROOT / "bench" / "load_bench.py"
 

@@ -21,9 +21,9 @@ from openapi_spec_validator import validate
 from PIL import Image
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from byoctl.kit.bodies import npy, png
-from byoctl.kit.project import ROOT
-from byoctl.kit.servers import Server
+from devkit.bodies import npy, png
+from devkit.project import ROOT
+from devkit.servers import Server
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import codecs
 from mxnet_byoc.serve import settings as serve_settings

@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from byoctl.kit.script_models import copy_aws_model, write_script
+from devkit.script_models import copy_aws_model, write_script
 
 SLOW_SCRIPT = """
     import os

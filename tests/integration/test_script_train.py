@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit import jobs, project, sourcedir
-from byoctl.kit.net import free_port_pair
+from devkit import jobs, project, sourcedir
+from devkit.net import free_port_pair
 
 EXAMPLES = project.ROOT / "examples" / "script-mode"
 

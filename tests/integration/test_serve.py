@@ -14,8 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from byoctl.kit.bodies import npy
-from byoctl.kit.servers import Server
+from devkit.bodies import npy
+from devkit.servers import Server
 
 MIB = 1024 * 1024
 

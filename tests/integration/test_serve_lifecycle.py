@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import requests
 
-from byoctl.kit import project
-from byoctl.kit.bodies import npy
-from byoctl.kit.waiting import wait_until
+from devkit import project
+from devkit.bodies import npy
+from devkit.waiting import wait_until
 from mxnet_byoc import modeldir
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit import idx, jobs, project
-from byoctl.kit.idx import read_idx, write_idx
-from byoctl.kit.jobs import make_job
+from devkit import idx, jobs, project
+from devkit.idx import read_idx, write_idx
+from devkit.jobs import make_job
 from mxnet_byoc.train import metrics
 
 pytestmark = pytest.mark.slow

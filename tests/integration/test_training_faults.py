@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit import idx, jobs
+from devkit import idx, jobs
 
 pytestmark = pytest.mark.slow
 

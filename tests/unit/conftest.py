@@ -1,4 +1,4 @@
-"""Models shared by the script-mode serving tests (byoctl/kit/script_models.py), made once per session. They are
+"""Models shared by the script-mode serving tests (devkit/script_models.py), made once per session. They are
 read, never changed: a test that changes a model directory makes its own."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit.script_models import copy_aws_model, export_conv_model, train_regression
+from devkit.script_models import copy_aws_model, export_conv_model, train_regression
 
 
 @pytest.fixture(scope="session")

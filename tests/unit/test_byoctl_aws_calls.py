@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit.offline import AWS_OFFLINE
+from devkit.offline import AWS_OFFLINE
 
 ACCOUNT = "123456789012"
 IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/mxnet-byoc:cpu"

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from byoctl.kit.bodies import npy
+from devkit.bodies import npy
 from mxnet_byoc.serve import codecs
 
 SHAPE = (1, 28, 28)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from byoctl.kit.idx import mnist_arrays, write_idx
+from devkit.idx import mnist_arrays, write_idx
 from mxnet_byoc.train import data
 from mxnet_byoc.train.data import DataError
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from byoctl.kit.net import free_port_pair
+from devkit.net import free_port_pair
 from mxnet_byoc.train import distributed
 from mxnet_byoc.train.environment import Resources
 

@@ -1,4 +1,4 @@
-"""byoctl.kit, the helpers tests, benches and the demo share: job folders the contract reads back, IDX and
+"""devkit, the helpers tests, benches and the demo share: job folders the contract reads back, IDX and
 .npy bytes, waits and ports, docker commands."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from byoctl.kit import KitError, bodies, docker, idx, jobs, net, offline, waiting
+from devkit import KitError, bodies, docker, idx, jobs, net, offline, waiting
 from mxnet_byoc.train import data, environment
 
 HPS = {"model": "mlp", "epochs": "2"}

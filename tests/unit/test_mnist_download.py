@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from byoctl import mnist
-from byoctl.kit import datasets
-from byoctl.kit.net import free_port
+from devkit import datasets
+from devkit.net import free_port
 
 
 class _Mirror:

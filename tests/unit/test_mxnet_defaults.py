@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from byoctl.kit.script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model
+from devkit.script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import codecs, mxnet_defaults
 from mxnet_byoc.serve.device import Device

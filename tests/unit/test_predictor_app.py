@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from serving_models import export_indicator_model, image_of
 
-from byoctl.kit.bodies import npy
-from byoctl.kit.waiting import wait_until
+from devkit.bodies import npy
+from devkit.waiting import wait_until
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import settings

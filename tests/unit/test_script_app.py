@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit.script_models import AWS_ANSWER, copy_aws_model, write_script
+from devkit.script_models import AWS_ANSWER, copy_aws_model, write_script
 from mxnet_byoc.serve import app as predictor
 from mxnet_byoc.serve import digits, selection, settings
 

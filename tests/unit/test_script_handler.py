@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit.script_models import (
+from devkit.script_models import (
     AWS_ANSWER,
     THREE_FUNCTIONS_SCRIPT,
     TRANSFORM_SCRIPT,

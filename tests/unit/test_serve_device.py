@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from serving_models import export_indicator_model
 
-from byoctl.kit.script_models import AWS_MODEL, write_script
+from devkit.script_models import AWS_MODEL, write_script
 from mxnet_byoc import modeldir
 from mxnet_byoc.serve import device, mxnet_defaults, network, script
 

@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from serving_models import export_indicator_model
 
-from byoctl.kit.script_models import AWS_ANSWER, TRANSFORM_SCRIPT, copy_aws_model, write_script
+from devkit.script_models import AWS_ANSWER, TRANSFORM_SCRIPT, copy_aws_model, write_script
 from mxnet_byoc import usercode
 from mxnet_byoc.serve import mxnet_defaults, script, selection
 

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from byoctl import sdk
-from byoctl.kit.net import free_port
-from byoctl.kit.offline import offline_aws
+from devkit.net import free_port
+from devkit.offline import offline_aws
 
 if sdk.major() != 3:
     raise pytest.UsageError("tests/container/sdk3 needs the SageMaker Python SDK 3.x: run `make test-sdk3` "

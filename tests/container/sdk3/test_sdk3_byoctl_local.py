@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from byoctl.kit.idx import mnist_arrays
+from devkit.idx import mnist_arrays
 from tests.container.test_local_mode import byoctl_local_round_trip
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from byoctl.kit.idx import mnist_arrays, write_subsets
+from devkit.idx import mnist_arrays, write_subsets
 from tests.container.test_local_mode import ROLE, _local_mode_containers
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

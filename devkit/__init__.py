@@ -12,7 +12,7 @@ mxnet_byoc.train.data.read_idx): byoctl's environment has no MXNet and no `reque
     bodies     request bodies: .npy and PNG bytes
     waiting    polling for an observable event, with a bound
     net        free ports and plain HTTP to 127.0.0.1 (never through a proxy)
-    commands   running a command to completion: its output, exit code and seconds
+    shell      running a command to completion: its output, exit code and seconds
     docker     `docker run` commands and the image tags
     servers    `serve` as a process or as a container: start, wait until ready, stop
     script_models  models in MXNet's layout (AWS's test model, a regression, a small CNN) and inference scripts

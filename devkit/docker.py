@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import commands
+from . import shell
 
 # The Makefile exports its tags for `make image-cpu` / `make image-gpu`, so every caller agrees with it.
 CPU_IMAGE = os.environ.get("CPU_IMAGE") or "mxnet-byoc:cpu"
@@ -38,11 +38,11 @@ def docker_command(image: str, *args: str, name: str | None = None, mounts: Mapp
 
 
 def docker_run(image: str, *args: str, mounts: Mapping[Path, str] | None = None, env: Mapping[str, str] | None = None,
-               user: str | None = None, timeout: float = 900, extra: Sequence[str] = ()) -> commands.Finished:
+               user: str | None = None, timeout: float = 900, extra: Sequence[str] = ()) -> shell.Finished:
     """A container to completion; it is removed even on a timeout."""
     name = container_name("run")
     cmd = docker_command(image, *args, name=name, mounts=mounts, env=env, user=user, extra=extra)
-    return commands.run(cmd, timeout=timeout, on_timeout=lambda: remove(name))
+    return shell.run(cmd, timeout=timeout, on_timeout=lambda: remove(name))
 
 
 def remove(name: str) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from . import KitError, commands, docker, net, project
+from . import KitError, docker, net, project, shell
 from .waiting import wait_until
 
 WORKERS = "SAGEMAKER_MODEL_SERVER_WORKERS"
@@ -34,7 +34,7 @@ class _Server:
         raise NotImplementedError
 
     def tail(self) -> str:
-        return self.output()[-commands.TAIL:]
+        return self.output()[-shell.TAIL:]
 
     def _fail(self, what: str) -> KitError:
         return KitError(f"{what}:\n{self.tail()}")
@@ -201,24 +201,24 @@ class ContainerServer(_Server):
                                              mounts={Path(model_dir): "/opt/ml/model:ro", **(mounts or {})},
                                              env={"SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})})
         self.started = time.perf_counter()
-        commands.sh(*self.command)
+        shell.sh(*self.command)
 
     def state(self) -> dict:
         """`docker inspect`'s State: Status, ExitCode, ..."""
-        return json.loads(commands.sh("docker", "inspect", "--format", "{{json .State}}", self.name).stdout)
+        return json.loads(shell.sh("docker", "inspect", "--format", "{{json .State}}", self.name).stdout)
 
     def running(self) -> bool:
         return self.state()["Status"] == "running"
 
     def output(self) -> str:
-        result = commands.sh("docker", "logs", self.name, check=False)
+        result = shell.sh("docker", "logs", self.name, check=False)
         return result.stdout + result.stderr
 
     def stop(self, timeout: int = 30) -> int:
         """`docker stop` (SIGTERM, SIGKILL after `timeout`), as SageMaker stops it; the exit code. The
         container is removed."""
         try:
-            commands.sh("docker", "stop", "--time", str(timeout), self.name, timeout=timeout + 30)
+            shell.sh("docker", "stop", "--time", str(timeout), self.name, timeout=timeout + 30)
             return int(self.state()["ExitCode"])
         finally:
             self.remove()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = ROOT / "container"
 TRAIN = CONTAINER / "train"
 SERVE = CONTAINER / "serve"

@@ -1,6 +1,6 @@
 """`make demo`: build the CPU image, train it on MNIST, serve the model and query it over HTTP.
 
-    python -m byoctl.demo [--no-docker] [--epochs N] [--keep] [--image TAG]
+    python -m devkit.demo [--no-docker] [--epochs N] [--keep] [--image TAG]
 
 With a Docker engine (started through scripts/ensure-docker.sh when none answers) it runs the image
 as SageMaker does: `docker run -v TMP:/opt/ml IMAGE train`, then `docker run IMAGE serve` on the
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from byoctl import mnist
-from byoctl.kit import KitError, bodies, datasets, idx, jobs, net, project
-from byoctl.kit.docker import CPU_IMAGE, docker_command
-from byoctl.kit.servers import ContainerServer, Server
+from devkit import KitError, bodies, datasets, idx, jobs, net, project
+from devkit.docker import CPU_IMAGE, docker_command
+from devkit.servers import ContainerServer, Server
 
 ENSURE_DOCKER = project.SCRIPTS / "ensure-docker.sh"
 DEFAULT_IMAGE = CPU_IMAGE  # the Makefile's tag, so `make demo CPU_IMAGE=...` agrees with `make image-cpu`
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m byoctl.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-docker", action="store_true",
                         help="run container/train and container/serve from the project's virtualenv")
     parser.add_argument("--epochs", type=int, default=None,

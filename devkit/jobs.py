@@ -15,7 +15,7 @@ from typing import Any
 
 from mxnet_byoc.train.environment import Paths
 
-from . import KitError, commands, project
+from . import KitError, project, shell
 from .idx import MNIST_FILES
 
 CHANNELS = ("training", "test")
@@ -92,9 +92,9 @@ def start_train(base: Path, env: Mapping[str, str] | None = None, **extra: str) 
 
 
 def run_train(base: Path, timeout: float = 900, env: Mapping[str, str] | None = None,
-              **extra: str) -> commands.Finished:
+              **extra: str) -> shell.Finished:
     """`container/train` on `base` to completion."""
-    return commands.run([project.TRAIN], timeout=timeout, env=env if env is not None else train_env(base, **extra))
+    return shell.run([project.TRAIN], timeout=timeout, env=env if env is not None else train_env(base, **extra))
 
 
 @dataclass
@@ -102,7 +102,7 @@ class TrainedJob:
     """A job folder after a `train` run, and that run."""
 
     base: Path
-    run: commands.Finished
+    run: shell.Finished
 
     @property
     def paths(self) -> Paths:
