@@ -25,7 +25,7 @@ from devkit.bodies import npy, png
 from devkit.project import ROOT
 from devkit.servers import Server
 from mxnet_byoc.serve import app as predictor
-from mxnet_byoc.serve import codecs
+from mxnet_byoc.serve import codecs, http_errors
 from mxnet_byoc.serve import settings as serve_settings
 
 DOC = ROOT / "docs" / "openapi.yaml"
@@ -87,9 +87,9 @@ def error_classes(cls: type) -> set[type]:
 def test_document_lists_every_status_the_code_raises():
     responses = {path: {method: set(operation["responses"]) for method, operation in item.items()
                         if method in HTTP_METHODS} for path, item in document()["paths"].items()}
-    # Every client error of the codecs and of the app (app.py defines 408 and 413), the app's 500 for
-    # its own faults, and 503 until the model is loaded.
-    raised = {str(cls.status) for cls in error_classes(codecs.CodecError)} | {"200", "500", "503"}
+    # Every error with a status of its own (http_errors.py: client mistakes, server limits, the user's code's
+    # 500), the app's 500 for its own faults, and 503 until the model is loaded.
+    raised = {str(cls.status) for cls in error_classes(http_errors.HttpError)} | {"200", "500", "503"}
     assert {"400", "406", "408", "413", "415"} <= raised  # the walk over subclasses found them all
     assert responses["/invocations"]["post"] == raised
     assert responses["/ping"]["get"] == {"200", "503"}

@@ -1,4 +1,4 @@
-"""Mutated request bodies through the decoders: whatever the bytes, the only error is a CodecError (a 4xx
+"""Mutated request bodies through the decoders: whatever the bytes, the only error is a ClientMistake (a 4xx
 with a message), never another exception (a 500). Seeded, so a failure reproduces; the cases that escaped
 before (a DEPTH_ERROR, zip and tokenize errors, MemoryError, an itemsize of 0, True as a dimension) came
 from mutations like these."""
@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from mxnet_byoc.serve import codecs
+from mxnet_byoc.serve import codecs, http_errors
 
 SHAPE = (1, 28, 28)
 MUTATIONS = 3000
@@ -67,7 +67,7 @@ def only_codec_errors(content_type: str, seeds: list[bytes], hot: int, seed: int
         body = mutate(rng, rng.choice(seeds), hot)
         try:
             codecs.decode(body, content_type, SHAPE)
-        except codecs.CodecError:
+        except http_errors.ClientMistake:
             pass
         except Exception as e:  # what the server would answer with 500
             pytest.fail(f"{type(e).__name__}: {e} for a {content_type} body starting {body[:200]!r}")

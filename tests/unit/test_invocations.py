@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mxnet_byoc.serve import app as predictor
-from mxnet_byoc.serve import codecs, error_response, settings, worker
+from mxnet_byoc.serve import codecs, error_response, http_errors, settings, worker
 
 
 def config(**changes) -> settings.ServerConfig:
@@ -65,7 +65,7 @@ def test_the_handlers_answer_is_the_response(tmp_path, caplog):
 
 
 def test_a_handlers_client_error_is_its_status_and_message(tmp_path):
-    client = app_with(Echo(codecs.UnsupportedMediaType("send text/x-mine")), tmp_path).test_client()
+    client = app_with(Echo(http_errors.UnsupportedMediaType("send text/x-mine")), tmp_path).test_client()
     assert error_of(client.post("/invocations", data=b"x", content_type="a/b"), 415) == "send text/x-mine"
 
 
@@ -98,7 +98,7 @@ def test_a_body_too_large_for_memory_is_413():
         def read(self, size=-1):
             raise MemoryError
 
-    with pytest.raises(predictor.PayloadTooLarge, match="the body has 1000 bytes, more than this worker can hold"):
+    with pytest.raises(http_errors.PayloadTooLarge, match="the body has 1000 bytes, more than this worker can hold"):
         predictor._read_body({"wsgi.input": Exhausted(), "CONTENT_LENGTH": "1000"}, 10_000, "1 MB")
 
 
@@ -129,7 +129,7 @@ def test_a_load_that_fails_gives_its_reason_on_ping(tmp_path):
 
 
 def test_every_error_path_gives_the_renderers_bytes(tmp_path):
-    client = app_with(Echo(codecs.BadRequest("bad body")), tmp_path).test_client()
+    client = app_with(Echo(http_errors.BadRequest("bad body")), tmp_path).test_client()
     cases = [
         (client.get("/nowhere"), 404),  # Flask's error handler
         (client.post("/invocations", data=b"x", content_type="a/b"), 400),  # the /invocations callable
@@ -170,7 +170,7 @@ def test_the_mount_answers_as_a_flask_view_would(tmp_path):
 
     cases = [("post", b"hello", "text/x-mine", {"Accept": "x/y"}), ("post", b"", None, {}),
              ("get", b"", None, {})]
-    for handler in (Echo(), Echo(codecs.BadRequest("bad body")), Echo(ZeroDivisionError("boom"))):
+    for handler in (Echo(), Echo(http_errors.BadRequest("bad body")), Echo(ZeroDivisionError("boom"))):
         app = app_with(handler, tmp_path)
         for method, body, content_type, headers in cases:
             answers = [getattr(client, method)("/invocations", data=body, content_type=content_type, headers=headers)

@@ -11,9 +11,9 @@ import pytest
 
 from devkit.script_models import AWS_ANSWER, AWS_INPUT, copy_aws_model
 from mxnet_byoc import modeldir
-from mxnet_byoc.serve import codecs, mxnet_defaults
+from mxnet_byoc.serve import http_errors, mxnet_defaults
 from mxnet_byoc.serve.device import Device
-from mxnet_byoc.serve.mxnet_defaults import CSV, JSON, NPY
+from mxnet_byoc.serve.mediatypes import CSV, JSON, NPY
 
 CPU = Device()
 
@@ -155,25 +155,25 @@ def test_npy_answers_are_float64_as_awss_tolist_makes_them(aws_handler):
     (b"not npy", NPY, 400, ".npy"),
 ])
 def test_client_mistakes(aws_handler, body, content_type, status, words):
-    with pytest.raises(codecs.CodecError) as raised:
+    with pytest.raises(http_errors.ClientMistake) as raised:
         aws_handler.invoke(body, content_type, JSON)
     assert raised.value.status == status and words in str(raised.value)
 
 
 def test_pickles_are_refused_not_loaded(aws_handler):
-    with pytest.raises(codecs.CodecError, match="unpickling refused") as raised:
+    with pytest.raises(http_errors.ClientMistake, match="unpickling refused") as raised:
         aws_handler.invoke(npy(np.array([{"a": 1}], dtype=object)), NPY, JSON)
     assert raised.value.status == 400
 
 
 def test_an_accept_none_can_answer_is_406(aws_handler):
-    with pytest.raises(codecs.CodecError, match="define output_fn") as raised:
+    with pytest.raises(http_errors.ClientMistake, match="define output_fn") as raised:
         aws_handler.invoke(b"[[1, 2]]", JSON, "application/xml")
     assert raised.value.status == 406
 
 
 def test_csv_of_an_output_with_three_axes_is_406():
-    with pytest.raises(codecs.NotAcceptable, match="application/json"):
+    with pytest.raises(http_errors.NotAcceptable, match="application/json"):
         mxnet_defaults.encode(np.zeros((2, 2, 2)), CSV)
 
 

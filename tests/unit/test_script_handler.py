@@ -17,9 +17,10 @@ from devkit.script_models import (
     TRANSFORM_SCRIPT,
     write_script,
 )
-from mxnet_byoc.serve import codecs, mxnet_defaults, script
+from mxnet_byoc.serve import http_errors, mxnet_defaults, script
 from mxnet_byoc.serve.device import Device
-from mxnet_byoc.serve.script import HandlerError, ScriptError, UserCode
+from mxnet_byoc.serve.http_errors import UserCodeFailure
+from mxnet_byoc.serve.script import ScriptError, UserCode
 
 CPU = Device()
 JSON = "application/json"
@@ -108,7 +109,7 @@ def test_a_gluon_block_gets_the_gluon_defaults(tmp_path, conv):
     np.save(buffer, image)
     body, content_type = handler.invoke(buffer.getvalue(), "application/x-npy", "application/x-npy")
     assert content_type == "application/x-npy" and np.load(io.BytesIO(body)).tolist() == json.loads(expected[0])
-    with pytest.raises(codecs.UnsupportedMediaType):  # AWS's Gluon handlers read no CSV
+    with pytest.raises(http_errors.UnsupportedMediaType):  # AWS's Gluon handlers read no CSV
         handler.invoke(b"1,2", "text/csv", JSON)
 
 
@@ -183,7 +184,7 @@ def test_a_handler_exception_is_500_with_the_reason_and_a_logged_traceback(tmp_p
             return data
     """, aws_model)
     with caplog.at_level(logging.ERROR, logger="mxnet_byoc.script"):
-        with pytest.raises(HandlerError) as raised:
+        with pytest.raises(UserCodeFailure) as raised:
             handler.invoke(b"abc", JSON, JSON)
     assert raised.value.status == 500
     assert str(raised.value) == "input_fn raised ValueError: cannot read abc"
@@ -203,7 +204,7 @@ def test_an_exception_with_a_status_code_answers_with_it(tmp_path, aws_model):
         def transform_fn(model, body, content_type, accept):
             raise BadInput(422, "send a positive number")
     """, aws_model)
-    with pytest.raises(HandlerError) as raised:
+    with pytest.raises(UserCodeFailure) as raised:
         handler.invoke(b"-1", JSON, JSON)
     assert (raised.value.status, str(raised.value)) == (422, "send a positive number")
 
@@ -216,7 +217,7 @@ def test_a_result_that_cannot_be_sent_is_500_with_the_reason(tmp_path, aws_model
         def transform_fn(model, body, content_type, accept):
             return object()
     """, aws_model)
-    with pytest.raises(HandlerError, match="returned a builtins.object: return bytes, str or a JSON-serialisable"):
+    with pytest.raises(UserCodeFailure, match="returned a builtins.object: return bytes, str or a JSON-serialisable"):
         handler.invoke(b"1", JSON, JSON)
 
 
@@ -247,7 +248,7 @@ def test_a_status_set_through_context_is_the_answer(tmp_path, aws_model):
             context.set_response_status(code=429, phrase="slow down")
             return "ignored"
     """, aws_model)
-    with pytest.raises(HandlerError) as raised:
+    with pytest.raises(UserCodeFailure) as raised:
         handler.invoke(b"1", JSON, JSON)
     assert (raised.value.status, str(raised.value)) == (429, "slow down")
 

@@ -27,8 +27,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import modeldir
 from ..errors import ReasonError
-from . import capi, codecs, digits, error_response, settings
+from . import capi, digits, error_response, settings
 from .handler import Handler, Load
+from .http_errors import BadRequest, HttpError, PayloadTooLarge, RequestTimeout
 from .mediatypes import JSON
 
 LOADER_KEY = "mxnet_byoc.model_loader"
@@ -173,7 +174,7 @@ class Invocations:
             answer, content_type = handler.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
             start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(answer)))])
             return [answer]
-        except codecs.CodecError as e:
+        except HttpError as e:
             if not isinstance(e, RequestTimeout):  # a stalled client would stall the drain as well
                 _discard_body(environ)
             return _error_answer(start_response, e.status, str(e))
@@ -201,14 +202,6 @@ class _Mount:
         return self.fallback(environ, start_response)
 
 
-class PayloadTooLarge(codecs.CodecError):
-    status = 413
-
-
-class RequestTimeout(codecs.CodecError):
-    status = 408
-
-
 def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
     """The request body, refused above `limit` bytes: by its Content-Length before reading anything, or
     while reading a chunked body that has none."""
@@ -218,7 +211,7 @@ def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
         try:
             length = int(declared)
         except ValueError:
-            raise codecs.BadRequest(f"Content-Length {declared!r} is not a number") from None
+            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
         if length > limit:
             raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit_text}")
         try:
@@ -228,7 +221,7 @@ def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
         except MemoryError:  # the one allocation here is the body's: its size is the cause
             raise PayloadTooLarge(f"the body has {length} bytes, more than this worker can hold now") from None
         if len(body) < length:
-            raise codecs.BadRequest(f"the body ended after {len(body)} of its {length} bytes")
+            raise BadRequest(f"the body ended after {len(body)} of its {length} bytes")
         return body
     parts, size = [], 0
     while True:

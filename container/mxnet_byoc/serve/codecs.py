@@ -1,7 +1,7 @@
 """Request bodies to image arrays, class probabilities to response bodies (numpy, simdjson, orjson; never MXNet).
 
 Every decoder returns float32 pixels shaped (N, C, H, W) in [0, 1], the model's input; every client
-mistake raises a `CodecError` whose status and message tell the client what to fix.
+mistake raises an `http_errors.ClientMistake` whose status and message tell the client what to fix.
 
 The pixel rule, the same for every content type: each image on its own is read as 0-255 when its
 largest value is above 1 (then divided by 255), and as 0-1 otherwise. Values outside [0, 255], NaN
@@ -22,29 +22,12 @@ import numpy as np
 import orjson
 import simdjson
 
+from .http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from .mediatypes import CSV, JPEG, JSON, JSONLINES, NPY, PNG, REQUEST_TYPES, RESPONSE_TYPES, media_type
 
 JSON_KEYS = ("instances", "inputs")
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-class CodecError(Exception):
-    """A client mistake; `status` is the HTTP status that says which kind."""
-
-    status = 400
-
-
-class BadRequest(CodecError):
-    status = 400
-
-
-class UnsupportedMediaType(CodecError):
-    status = 415
-
-
-class NotAcceptable(CodecError):
-    status = 406
 
 
 def decode(body: bytes, content_type: str | None, input_shape: tuple[int, ...]) -> np.ndarray:

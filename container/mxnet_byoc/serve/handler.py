@@ -15,8 +15,9 @@ class Handler(Protocol):
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
         """(response body, response Content-Type) for a request body, its Content-Type and Accept headers.
 
-        A client mistake raises a `codecs.CodecError` subclass (its status, 4xx, and message are the answer);
-        any other exception is a 500 with the exception's type as the JSON reason, and a logged traceback.
+        An `http_errors.HttpError` (a client mistake, or a failure in the user's code) is answered with its
+        status and message; any other exception is a 500 with the exception's type as the JSON reason, and a
+        logged traceback.
         `str(handler)` is logged once it is built.
         """
         ...

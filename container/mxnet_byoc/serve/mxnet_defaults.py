@@ -34,10 +34,10 @@ import orjson
 
 from .. import modeldir
 from . import codecs, rawnet
-from .codecs import BadRequest, NotAcceptable, UnsupportedMediaType, media_type
 from .device import Device
+from .http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from .mediatypes import CSV, JSON, NPY, media_type
 
-JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 MODULE_TYPES = (JSON, CSV, NPY)  # what AWS's Module handlers read and write
 GLUON_TYPES = (JSON, NPY)  # what AWS's Gluon block handlers read and write
 ANY_TYPES = (JSON, CSV, NPY)  # sagemaker-inference's own decoder and encoder, for models of other kinds

@@ -37,8 +37,9 @@ from typing import Any
 from .. import modeldir
 from ..errors import ReasonError
 from . import mxnet_defaults
-from .codecs import BadRequest, CodecError
 from .device import Device
+from .http_errors import BadRequest, ClientMistake, UserCodeFailure
+from .mediatypes import CSV, JSON
 
 log = logging.getLogger("mxnet_byoc.script")
 
@@ -48,22 +49,13 @@ HANDLER_FUNCTIONS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transfo
 # Number of arguments each function takes without `context`.
 ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4, "pre_model_fn": 1,
          "model_warmup_fn": 2}
-UTF8_TYPES = ("application/json", "text/csv")  # bodies the toolkit hands over as str
+UTF8_TYPES = (JSON, CSV)  # bodies the toolkit hands over as str
 REASON_LIMIT = 1000  # characters of an exception's message in a response
 
 
 class ScriptError(ReasonError):
     """The script cannot serve (cannot be imported, breaks the contract, model_fn failed); the message says
     why, for /ping and the log."""
-
-
-class HandlerError(CodecError):
-    """A user function raised while answering a request: the status (500 unless the exception carries
-    one) and a reason that names the function. The traceback is logged where it is raised."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -313,7 +305,7 @@ class ScriptHandler:
         result = self._transform(self.model, data, content_type, accept)
         status = processor.get_response_status_code()
         if isinstance(status, int) and 400 <= status <= 599:  # set by the handler through `context`
-            raise HandlerError(status, processor.get_response_status_phrase() or _text(result))
+            raise UserCodeFailure(processor.get_response_status_phrase() or _text(result), status)
         return _response(result, accept)
 
     def __str__(self) -> str:
@@ -332,12 +324,12 @@ def _pipeline(input_fn: Callable[..., Any], takes_model: bool, predict_fn: Calla
 
 
 def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn`, with any exception but a client's mistake turned into a HandlerError naming `name`."""
+    """`fn`, with any exception but a client's mistake turned into a UserCodeFailure naming `name`."""
 
     def call(*args: Any) -> Any:
         try:
             return fn(*args)
-        except CodecError:
+        except ClientMistake:  # raised by AWS's default functions filling the script's gaps
             raise
         except Exception as e:
             status = getattr(e, "status_code", None)
@@ -346,7 +338,7 @@ def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             log.error("%s raised %s", name, type(e).__name__, exc_info=e)
             message = getattr(e, "message", None)
             reason = str(message) if isinstance(message, str) and message else f"{name} raised {_describe(e)}"
-            raise HandlerError(status, reason[:REASON_LIMIT]) from None
+            raise UserCodeFailure(reason[:REASON_LIMIT], status) from None
 
     return call
 
@@ -374,9 +366,9 @@ def _response(result: Any, accept: str) -> tuple[bytes, str]:
             body = json.dumps(result, indent=2).encode()
         except (TypeError, ValueError):
             log.error("the inference script returned a %s, which cannot be sent", type(result).__name__)
-            raise HandlerError(500, f"the inference script returned a {type(result).__module__}."
-                                    f"{type(result).__name__}: return bytes, str or a JSON-serialisable value "
-                                    "(or a (body, content_type) tuple)") from None
+            raise UserCodeFailure(f"the inference script returned a {type(result).__module__}."
+                                  f"{type(result).__name__}: return bytes, str or a JSON-serialisable value "
+                                  "(or a (body, content_type) tuple)") from None
     return body, str(content_type or accept)
 
 
