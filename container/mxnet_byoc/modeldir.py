@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ReasonError
+from .jsonfiles import read_json
 
 BASE_DIR = "SAGEMAKER_BASE_DIR"  # moves /opt/ml, as the SageMaker training toolkit does
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -136,7 +137,7 @@ def load_info(model_dir: Path) -> ModelInfo:
                                 f"{PREFIX}-0000.params layout)")
     meta_path = model_dir / METADATA_FILE
     if meta_path.is_file():
-        meta = _read_json(meta_path)
+        meta = read_json(meta_path, ModelDirError)
         try:
             return ModelInfo(
                 input_shape=tuple(int(d) for d in meta["input_shape"]),
@@ -149,7 +150,7 @@ def load_info(model_dir: Path) -> ModelInfo:
     shapes_path = model_dir / SHAPES_FILE
     if not shapes_path.is_file():
         raise ModelDirError(f"neither {METADATA_FILE} nor {SHAPES_FILE} is in {model_dir}: input shape unknown")
-    shapes = _read_json(shapes_path)
+    shapes = read_json(shapes_path, ModelDirError)
     try:
         entry = shapes[0]
         shape = tuple(int(d) for d in entry["shape"])[1:]
@@ -160,11 +161,3 @@ def load_info(model_dir: Path) -> ModelInfo:
         shape = (1, *shape)
     # Classes are unknown without our metadata: the caller learns their count from the network's output.
     return ModelInfo(input_shape=shape, classes=[], input_name=name, metadata={})
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelDirError(f"cannot read {path}: {e}") from e

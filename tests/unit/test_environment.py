@@ -13,6 +13,7 @@ from mxnet_byoc import modeldir
 from mxnet_byoc.train import environment, hyperparameters
 from mxnet_byoc.train.environment import ContractError
 from mxnet_byoc.train.hyperparameters import HyperparameterError
+from mxnet_byoc.train.script import smenv
 
 
 def make_base(tmp_path: Path, channels=("training",), hyperparameters=None, inputdataconfig=None,
@@ -186,6 +187,39 @@ def test_resourceconfig_hosts_are_sorted_and_rank_follows(tmp_path):
 def test_bad_resourceconfig(tmp_path, config, message):
     with pytest.raises(ContractError, match=message):
         environment.load(make_base(tmp_path, resourceconfig=config))
+
+
+BROKEN_CONFIG = {
+    "hyperparameters.json": ("{not json", r"^cannot read hyperparameters\.json in .*/input/config: not valid JSON"),
+    "resourceconfig.json": ('{"hosts": ["algo-1"]}', r"^resourceconfig\.json lacks `current_host`"),
+    "inputdataconfig.json": ('["training"]', r"^inputdataconfig\.json must hold a JSON object of channel name"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_CONFIG))
+def test_the_built_in_job_and_script_mode_give_one_reason_for_a_broken_config_file(tmp_path, name):
+    content, reason = BROKEN_CONFIG[name]
+    base = make_base(tmp_path, **{name.removesuffix(".json"): content})
+    with pytest.raises(ContractError, match=reason) as built_in:
+        environment.load(base)
+    with pytest.raises(ContractError) as script:
+        smenv.ScriptEnv.load(base)
+    assert str(script.value) == str(built_in.value)
+
+
+def test_a_folder_in_place_of_a_config_file_is_a_reason(tmp_path):
+    base = make_base(tmp_path)
+    (base / "input" / "config" / "resourceconfig.json").mkdir()
+    with pytest.raises(ContractError, match=r"^cannot read resourceconfig\.json in .*: Is a directory$"):
+        environment.load(base)
+
+
+def test_an_unreadable_model_metadata_file_names_the_file_and_its_folder(tmp_path):
+    for name in (modeldir.SYMBOL_FILE, modeldir.PARAMS_FILE):
+        (tmp_path / name).write_text("")
+    (tmp_path / modeldir.METADATA_FILE).write_text("{")
+    with pytest.raises(modeldir.ModelDirError, match=rf"^cannot read metadata\.json in {tmp_path}: not valid JSON"):
+        modeldir.load_info(tmp_path)
 
 
 def test_checkpoints_default_under_base_dir(tmp_path):

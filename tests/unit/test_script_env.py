@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mxnet_byoc.train.configfiles import ContractError
 from mxnet_byoc.train.script import process, runner, smenv
 
 
@@ -120,10 +121,10 @@ def test_the_parameter_server_switch_reads_both_sdk_encodings(tmp_path, value, o
 
 def test_a_broken_config_file_is_a_reason(tmp_path):
     base = job(tmp_path, {"sagemaker_program": "t.py"}, {"current_host": "algo-3", "hosts": ["algo-1"]})
-    with pytest.raises(smenv.ScriptConfigError, match="current_host"):
+    with pytest.raises(ContractError, match="current_host"):
         smenv.ScriptEnv.load(base)
     (base / "input" / "config" / "resourceconfig.json").write_text("{")
-    with pytest.raises(smenv.ScriptConfigError, match="cannot read resourceconfig.json"):
+    with pytest.raises(ContractError, match="cannot read resourceconfig.json"):
         smenv.ScriptEnv.load(base)
 
 

@@ -5,7 +5,6 @@ Everything is rooted at $SAGEMAKER_BASE_DIR (default /opt/ml). Only the standard
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -14,7 +13,8 @@ from typing import Any
 
 from .. import modeldir
 from ..errors import ReasonError
-from . import hyperparameters
+from . import configfiles, hyperparameters
+from .configfiles import ContractError
 
 TRAINING_JOB_NAME = "TRAINING_JOB_NAME"
 
@@ -22,10 +22,6 @@ TRAINING_CHANNEL = "training"
 # The first of these that exists is the held-out set; absent, a fraction of `training` is held out.
 VALIDATION_CHANNELS = ("test", "validation")
 FAILURE_LIMIT = 1024  # SageMaker keeps this many characters of output/failure as FailureReason
-
-
-class ContractError(ReasonError):
-    """The job's configuration cannot be honoured; the message is the job's failure reason."""
 
 
 class TrainingError(ReasonError):
@@ -120,22 +116,11 @@ class TrainingEnv:
         return None
 
 
-def _read_json(path: Path, default: Any = None) -> Any:
-    if not path.exists():
-        return default
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ContractError(f"cannot read {path.name}: {e}") from e
-
-
 def _channels(paths: Paths, config: dict[str, Any] | None) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     # inputdataconfig.json names the channels SageMaker mounted; on a laptop it may be absent, so the
     # folders under input/data count too.
     for name, spec in (config or {}).items():
-        spec = spec or {}
         channels[name] = Channel(
             name=name,
             path=paths.data / name,
@@ -156,19 +141,10 @@ def _channels(paths: Paths, config: dict[str, Any] | None) -> dict[str, Channel]
     return channels
 
 
-def _resources(config: dict[str, Any] | None) -> Resources:
-    if not config:
-        return Resources(current_host="algo-1", hosts=["algo-1"])
-    try:
-        hosts = sorted(config["hosts"])
-        current = config["current_host"]
-    except (KeyError, TypeError) as e:
-        raise ContractError(f"resourceconfig.json lacks {e}") from e
-    if current not in hosts:
-        raise ContractError(f"resourceconfig.json: current_host {current!r} is not among hosts {hosts}")
+def _resources(config: dict[str, Any]) -> Resources:
     return Resources(
-        current_host=current,
-        hosts=hosts,
+        current_host=config["current_host"],
+        hosts=sorted(config["hosts"]),
         network_interface=config.get("network_interface_name"),
         instance_type=config.get("current_instance_type"),
         instance_groups=list(config.get("instance_groups") or []),
@@ -178,11 +154,8 @@ def _resources(config: dict[str, Any] | None) -> Resources:
 def load(base: Path | None = None) -> TrainingEnv:
     """Read every config file SageMaker writes; raise ContractError with the job's failure reason."""
     paths = Paths(Path(base) if base else modeldir.base_dir())
-    raw_hps = _read_json(paths.config / "hyperparameters.json", {}) or {}
-    if not isinstance(raw_hps, dict):
-        raise ContractError("hyperparameters.json must hold a JSON object of name -> value")
-    hps = hyperparameters.parse(raw_hps)
-    channels = _channels(paths, _read_json(paths.config / "inputdataconfig.json"))
+    hps = hyperparameters.parse(configfiles.hyperparameters(paths.config))
+    channels = _channels(paths, configfiles.input_data(paths.config))
     if TRAINING_CHANNEL not in channels:
         raise ContractError(
             f"no {TRAINING_CHANNEL!r} channel: expected training data under {paths.data / TRAINING_CHANNEL} "
@@ -191,9 +164,8 @@ def load(base: Path | None = None) -> TrainingEnv:
     for channel in channels.values():
         if not channel.path.is_dir():
             raise ContractError(f"channel {channel.name!r} is declared but {channel.path} does not exist")
-    resources = _resources(_read_json(paths.config / "resourceconfig.json"))
-    checkpoint_cfg = _read_json(paths.config / "checkpointconfig.json", {}) or {}
-    checkpoint_dir = Path(checkpoint_cfg.get("LocalPath") or paths.default_checkpoints)
+    resources = _resources(configfiles.resources(paths.config))
+    checkpoint_dir = Path(configfiles.checkpoints(paths.config).get("LocalPath") or paths.default_checkpoints)
     return TrainingEnv(
         paths=paths,
         hyperparameters=hps,

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ... import usercode
+from ... import gpus, usercode
 from ...errors import ReasonError
-from .. import environment
+from .. import configfiles, environment
 from . import process, smenv
 
 log = logging.getLogger("mxnet_byoc.script")
@@ -62,8 +62,8 @@ def requested(base: Path) -> bool:
     if os.environ.get(smenv.PROGRAM_VARIABLE):
         return True
     try:
-        return smenv.PROGRAM in smenv.read_raw_hyperparameters(base / "input" / "config")
-    except smenv.ScriptConfigError:
+        return smenv.PROGRAM in configfiles.hyperparameters(environment.Paths(base).config)
+    except configfiles.ContractError:
         return False
 
 
@@ -232,6 +232,7 @@ def run(base: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     cluster: _Cluster | None = None
     try:
+        gpus.require_supported()
         env = smenv.ScriptEnv.load(base)
         name = env.user_entry_point or ""
         refuse_unsupported_distribution(env)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ReasonError
+from .. import configfiles
 
 PROGRAM = "sagemaker_program"
 SUBMIT_DIRECTORY = "sagemaker_submit_directory"
@@ -51,11 +51,6 @@ DISTRIBUTION_SWITCHES = (MPI, PARAMETER_SERVER, DATA_PARALLEL,
 PROGRAM_VARIABLE = "SAGEMAKER_PROGRAM"  # the toolkit takes the entry point from here before the hyperparameter
 FRAMEWORK_MODULE_VARIABLE = "SAGEMAKER_TRAINING_MODULE"
 DEFAULT_GROUP = "homogeneousCluster"
-DEFAULT_HOST = "algo-1"
-
-
-class ScriptConfigError(ReasonError):
-    """A config file cannot be read; the message is the job's failure reason."""
 
 
 def decode_hyperparameters(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,22 +127,6 @@ def _num_gpus() -> int:
     return sum(1 for p in Path("/dev").glob("nvidia[0-9]*") if p.name[len("nvidia"):].isdigit())
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ScriptConfigError(f"cannot read {path.name}: {e}") from e
-
-
-def read_raw_hyperparameters(config_dir: Path) -> dict[str, Any]:
-    raw = _read_json(config_dir / "hyperparameters.json", {}) or {}
-    if not isinstance(raw, dict):
-        raise ScriptConfigError("hyperparameters.json must hold a JSON object of name -> value")
-    return raw
-
-
 @dataclass
 class ScriptEnv:
     """The toolkit's Environment for one host, built from the files under `base` (SAGEMAKER_BASE_DIR)."""
@@ -163,12 +142,9 @@ class ScriptEnv:
     @classmethod
     def load(cls, base: Path) -> ScriptEnv:
         config = base / "input" / "config"
-        hps = decode_hyperparameters(read_raw_hyperparameters(config))
-        resources = _read_json(config / "resourceconfig.json", None) or {
-            "current_host": DEFAULT_HOST, "hosts": [DEFAULT_HOST]}
-        if not isinstance(resources.get("hosts"), list) or resources.get("current_host") not in resources["hosts"]:
-            raise ScriptConfigError("resourceconfig.json needs `hosts` (a list) and a `current_host` among them")
-        data_config = _read_json(config / "inputdataconfig.json", None)
+        hps = decode_hyperparameters(configfiles.hyperparameters(config))
+        resources = configfiles.resources(config)
+        data_config = configfiles.input_data(config)
         data_dir = base / "input" / "data"
         if data_config is None:
             # No inputdataconfig.json (a laptop's `docker run`): the folders under input/data are the channels.
