@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from byoctl import progress, sdk
 from byoctl.sessions import LOCAL_INSTANCE_TYPES, Clients
-from byoctl.shared import metric_definitions
+from byoctl.shared import gpus, metric_definitions
 
 VARIANT = "AllTraffic"
 
@@ -75,7 +75,7 @@ def train(clients: Clients, req: TrainRequest, out: TextIO = sys.stdout) -> str:
     if req.checkpoint_s3_uri and clients.local:
         raise CommandError("--checkpoint-s3-uri needs a real SageMaker job (local mode does not sync checkpoints)")
     name = req.job_name or job_name(req.base_name)
-    instance_type = _instance_type(clients, req.instance_type)
+    instance_type = _instance_type(clients, req.instance_type, out)
     job = sdk.TrainingJob(
         name=name, image=req.image, role=_role(clients, req.role), channels=req.channels,
         output_path=req.output_path, hyperparameters=req.hyperparameters, instance_type=instance_type,
@@ -151,7 +151,7 @@ def deploy(
     out: TextIO = sys.stdout,
 ) -> None:
     """Model, endpoint config and endpoint, all named `endpoint_name`."""
-    instance_type = _instance_type(clients, instance_type)
+    instance_type = _instance_type(clients, instance_type, out)
     if clients.local and instance_count != 1:
         raise CommandError("a local endpoint runs one container: drop --instance-count")
     create_model(clients, endpoint_name, source, out)
@@ -275,7 +275,7 @@ def transform(clients: Clients, req: TransformRequest, out: TextIO = sys.stdout)
                 "AssembleWith": req.assemble_with,
             },
             "TransformResources": {
-                "InstanceType": _instance_type(clients, req.instance_type),
+                "InstanceType": _instance_type(clients, req.instance_type, out),
                 "InstanceCount": req.instance_count,
             },
             "BatchStrategy": req.strategy,
@@ -314,11 +314,14 @@ def _role(clients: Clients, role: str | None) -> str:
     return role
 
 
-def _instance_type(clients: Clients, instance_type: str) -> str:
+def _instance_type(clients: Clients, instance_type: str, out: TextIO) -> str:
     if clients.local:
         return instance_type if instance_type in LOCAL_INSTANCE_TYPES else "local"
     if instance_type in LOCAL_INSTANCE_TYPES:
         raise CommandError(f"instance type {instance_type!r} is for local mode: add --local")
+    warning = gpus.instance_warning(instance_type)
+    if warning:  # a warning, not a refusal: the CPU image runs there, and a newer GPU image may
+        print(f"warning: {warning}", file=out, flush=True)
     return instance_type
 
 

@@ -258,6 +258,49 @@ def test_failed_training_job_reports_the_reason(aws, capsys):
     aws.assert_done()
 
 
+# --- instance types whose GPUs the GPU image cannot run -----------------------------------------
+
+
+def test_train_on_h100_instances_warns_then_creates_the_job(aws, capsys):
+    created(aws, "p5-1")
+    rc = aws.run("train", "--image", IMAGE, "--role", ROLE, "--channel", "training=s3://b/t",
+                 "--output-path", "s3://b/out", "--instance-type", "ml.p5.48xlarge", "--job-name", "p5-1",
+                 "--no-wait")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    aws.assert_done()
+    warning = ("warning: ml.p5.48xlarge has NVIDIA H100 GPUs (compute capability 9.0), which the GPU image's "
+               "MXNet build cannot run (SASS for sm_50, sm_60, sm_70, sm_80, sm_86 and no PTX)")
+    assert warning in out
+    assert "ml.p4d/p4de (A100), ml.g5 (A10G), ml.g6 (L4), ml.g6e (L40S)" in out
+    assert out.index(warning) < out.index("training job p5-1: image")  # said before the job is created
+
+
+def test_deploy_on_h200_instances_warns_before_creating_the_endpoint(aws, capsys):
+    aws.sm_stub.add_response("create_model", {"ModelArn": f"{ARN}:model/mnist"})
+    aws.sm_stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/mnist"})
+    aws.sm_stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/mnist"})
+    rc = aws.run("deploy", "--model-data", "s3://b/model.tar.gz", "--image", IMAGE, "--role", ROLE,
+                 "--endpoint-name", "mnist", "--instance-type", "ml.p5e.48xlarge", "--no-wait")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    aws.assert_done()
+    warning = "warning: ml.p5e.48xlarge has NVIDIA H200 GPUs (compute capability 9.0)"
+    assert warning in out
+    assert out.index(warning) < out.index("model mnist: s3://b/model.tar.gz")
+
+
+@pytest.mark.parametrize("instance_type", ["ml.g5.xlarge", "ml.g6e.2xlarge", "ml.p4d.24xlarge", "ml.c5.xlarge"])
+def test_instance_types_the_image_runs_on_get_no_warning(aws, capsys, instance_type):
+    created(aws, "ok-1")
+    rc = aws.run("train", "--image", IMAGE, "--role", ROLE, "--channel", "training=s3://b/t",
+                 "--output-path", "s3://b/out", "--instance-type", instance_type, "--job-name", "ok-1", "--no-wait")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    aws.assert_done()
+    assert "warning" not in out
+
+
 # --- deploy, invoke, delete ---------------------------------------------------------------------
 
 

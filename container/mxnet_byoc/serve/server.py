@@ -15,6 +15,7 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
+from .. import gpus
 from . import device, digits, selection, settings
 from .app import LOADER_KEY, ModelLoader, create_app
 from .handler import Load
@@ -25,7 +26,8 @@ def main() -> int:
     """`container/serve`: read the settings (a bad one stops here with one line, exit 2), then run gunicorn."""
     try:
         config = settings.from_env()
-    except settings.ConfigError as e:
+        gpus.require_supported()
+    except (settings.ConfigError, gpus.UnsupportedGpu) as e:
         print(f"serve: {e}", file=sys.stderr)
         return 2
     for name, value in settings.WORKER_ENV_DEFAULTS.items():  # before any worker loads libmxnet.so

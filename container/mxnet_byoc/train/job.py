@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, modeldir
+from .. import __version__, gpus, modeldir
 from ..errors import ReasonError
 from . import environment, runtime
 from .environment import ContractError, Stopped, TrainingEnv
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, flag.handle)
     paths = environment.Paths(modeldir.base_dir())
     try:
+        gpus.require_supported()
         env = environment.load(paths.base)
         run(env, flag)
         return 0
