@@ -1,4 +1,4 @@
-"""mxnet_byoc.serve.network: MXNet's C predict API on a tiny model with known answers."""
+"""mxnet_byoc.serve.network and the C predict wrapper under it (cpredict) on a tiny model with known answers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from serving_models import expected_probabilities, export_indicator_model
+from serving_models import expected_probabilities, export_indicator_model, indicator_weights
 
 from mxnet_byoc import modeldir
-from mxnet_byoc.serve import network
+from mxnet_byoc.serve import cpredict, network
+from mxnet_byoc.serve.device import CPU
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,25 @@ def test_a_symbol_that_is_not_json_is_a_model_dir_error(tmp_path):
     (model_dir / modeldir.SYMBOL_FILE).write_text(json.dumps({"nodes": []}))
     with pytest.raises(modeldir.ModelDirError, match="model-symbol.json"):
         network.load(model_dir)
+
+
+def test_a_predictor_bound_for_one_row_answers_as_one_bound_at_several_sizes(tmp_path):
+    model_dir = export_indicator_model(tmp_path / "model")
+    symbol_json = cpredict.read(model_dir / modeldir.SYMBOL_FILE)  # raw scores: no softmax added
+    row_at_a_time = cpredict.load(model_dir, symbol_json, "data", (1, 28, 28), CPU)
+    chunked = cpredict.load(model_dir, symbol_json, "data", (1, 28, 28), CPU, network.BATCH_SIZES)
+    try:
+        x = batch(169)  # 128 + 32 + 8 + 1
+        scores = x.reshape(len(x), -1) @ indicator_weights().T
+        assert row_at_a_time.output_shape == chunked.output_shape == (1, 10)
+        np.testing.assert_allclose(row_at_a_time.forward(x), scores, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(chunked.forward(x), scores, rtol=1e-5, atol=1e-4)
+    finally:
+        row_at_a_time.close()
+        chunked.close()
+
+
+@pytest.mark.parametrize("sizes", [(), (8, 2), (1, 8), (8, 8, 1)])
+def test_batch_sizes_are_distinct_largest_first_and_end_in_one(sizes):
+    with pytest.raises(ValueError, match="largest first, ending in 1"):
+        cpredict.Predictor(b"{}", b"", "data", (1, 28, 28), CPU, sizes)

@@ -1,6 +1,6 @@
-"""libmxnet.so's C API, loaded once per process without importing the mxnet Python package (which costs
-about a second and 70 MB per process): the one place `network` (our digit models) and `rawnet` (any model,
-for AWS's default handlers) get it from."""
+"""libmxnet.so's C API, loaded once per process without importing the mxnet Python package (cpredict.py says
+why): the one place serving gets it from (cpredict for predictions, network for its softmax head, device to
+count GPUs)."""
 
 from __future__ import annotations
 

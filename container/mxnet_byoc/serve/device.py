@@ -12,6 +12,8 @@ import functools
 import logging
 from dataclasses import dataclass
 
+from .capi import InferenceError, check, library
+
 log = logging.getLogger(__name__)
 
 CPU_TYPE, GPU_TYPE = 1, 2  # MXNet's device type codes (Context::DeviceType)
@@ -47,13 +49,10 @@ CPU = Device()
 @functools.lru_cache(maxsize=1)
 def gpu_count() -> int:
     """GPUs that MXNet sees; 0 with a CPU build of MXNet, or a CUDA build on a machine without a GPU."""
-    from .network import library  # libmxnet.so, loaded once per process
-
     count = ctypes.c_int(0)
     try:
-        if library().MXGetGPUCount(ctypes.byref(count)) != 0:
-            raise OSError((library().MXGetLastError() or b"").decode(errors="replace"))
-    except (OSError, AttributeError) as e:
+        check(library().MXGetGPUCount(ctypes.byref(count)))
+    except (OSError, AttributeError, InferenceError) as e:
         log.warning("cannot count GPUs (%s): serving on the CPU", e)
         return 0
     return max(count.value, 0)
