@@ -81,9 +81,8 @@ def encode(probabilities: np.ndarray, classes: Sequence[Any], kind: str) -> byte
     if kind == CSV:
         return b"".join([pieces[i] for i in indices])
     # orjson writes the whole (N, K) array in one call; its rows are then spliced between per-class
-    # prefixes. The bytes are those of dumping a list of {"label", "probabilities"} objects; for 1,000
-    # images that cost 0.6-1.0 ms (JSON) and 0.8-4.3 ms (JSON lines) against 0.4-0.7, and the CSV of their
-    # labels 0.8-1.1 ms against 0.04 (bench/fastpath_bench.py). For one image both ways cost the same.
+    # prefixes. The bytes are those of dumping a list of {"label", "probabilities"} objects, which costs a
+    # batch far more (bench/fastpath_bench.py: "answer spliced from one dump"); for one image both cost the same.
     rows = orjson.dumps(np.ascontiguousarray(probabilities), option=_DUMPS_OPTIONS)[2:-2].split(b"],[")
     first, rest = pieces
     prefixes = [rest[i] for i in indices]
@@ -156,9 +155,8 @@ def _to_unit_range(batch: np.ndarray) -> np.ndarray:
 
 def _one_to_unit_range(batch: np.ndarray) -> np.ndarray:
     """`_each_to_unit_range` for one image, in three numpy calls instead of ten, its bounds compared as Python
-    floats. Why: 6-18 us less per one-image request (bench/fastpath_bench.py), a tenth of its decoding and
-    predicting; a comparison of numpy scalars costs 2 us, and comparing floats instead took 4-5 of those off
-    (54.5-59.6 us against 61.1-63.3 from decode to encode, 2026-12-06)."""
+    floats (a comparison of numpy scalars costs more than the float conversions). Why: the one-image request
+    is where numpy's per-call cost weighs most (bench/fastpath_bench.py: "one image scaled in 3 numpy calls")."""
     top, bottom = batch.max(), batch.min()
     high, low = float(top), float(bottom)
     if not (low >= 0 and high <= 255):  # written so that NaN fails too
@@ -170,13 +168,10 @@ def _one_to_unit_range(batch: np.ndarray) -> np.ndarray:
 
 def _each_to_unit_range(batch: np.ndarray) -> np.ndarray:
     flat = batch.reshape(batch.shape[0], -1)
-    highest = flat.max(axis=1)
-    # uint8 pixels cannot leave [0, 255]: one pass over the batch less, 0.08 of 0.46 us per image (1,000 images).
-    if batch.dtype != np.uint8:
-        lowest = flat.min(axis=1)
-        if not (lowest.min() >= 0 and highest.max() <= 255):  # written so that NaN fails too
-            bad = int(np.flatnonzero(~((lowest >= 0) & (highest <= 255)))[0])
-            raise _out_of_range(bad, lowest[bad], highest[bad])
+    highest, lowest = flat.max(axis=1), flat.min(axis=1)
+    if not (lowest.min() >= 0 and highest.max() <= 255):  # written so that NaN fails too
+        bad = int(np.flatnonzero(~((lowest >= 0) & (highest <= 255)))[0])
+        raise _out_of_range(bad, lowest[bad], highest[bad])
     on_255 = highest > 1
     if on_255.all():
         # Converts and scales in one pass; x / 255 in float32, as training scales its uint8 pixels.
@@ -331,9 +326,9 @@ def _npy_header_end(body: bytes) -> int | None:
 
 @functools.lru_cache(maxsize=64)
 def _cached_npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """`_read_npy_header`, cached by the header's bytes: numpy parses the header's Python literal with its
-    tokenizer, 80-120 us per request against 0.4 (bench/fastpath_bench.py), a fifth of a one-image .npy
-    request, and a client sends the same header again and again. Headers that fail are not cached
+    """`_read_npy_header`, cached by the header's bytes. Why: numpy parses the header's Python literal with its
+    tokenizer, a large part of a one-image .npy request (bench/fastpath_bench.py: ".npy header parsed once per
+    distinct header"), and a client sends the same header again and again. Headers that fail are not cached
     (lru_cache keeps no exceptions)."""
     return _read_npy_header(io.BytesIO(header))
 
@@ -364,8 +359,8 @@ def _read_npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtyp
 
 
 def _decode_image(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
-    # Imported at the first picture: Pillow's import is 17-22 ms of serve's start before the workers fork
-    # (python -X importtime), for a content type few endpoints see.
+    # Imported at the first picture: Pillow's import would lengthen serve's start before the workers fork
+    # (python -X importtime shows it), for a content type few endpoints see.
     from . import pictures
 
     try:

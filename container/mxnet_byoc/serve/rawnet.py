@@ -2,8 +2,8 @@
 
 This is what AWS's default MXNet handlers compute (a Module bound for a batch of one, `Module.predict`
 over the request's rows, outputs concatenated along the first axis), without importing the mxnet
-package: about a second and 70 MB less per worker, and microseconds instead of a millisecond of Python
-per request. The same graph runs forward in inference mode either way, so the numbers are the same.
+package (cpredict.py says why). The same graph runs forward in inference mode either way, so the numbers
+are the same.
 """
 
 from __future__ import annotations
