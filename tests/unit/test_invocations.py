@@ -7,7 +7,6 @@ import io
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -52,16 +51,15 @@ def error_of(response, status: int) -> str:
 
 def test_the_handlers_answer_is_the_response(tmp_path, caplog):
     caplog.set_level("INFO", logger="mxnet_byoc")
-    client = app_with(Echo(), tmp_path).test_client()
+    app = app_with(Echo(), tmp_path)
+    client = app.test_client()
     response = client.post("/invocations", data=b"hello", content_type="text/x-mine; a=b", headers={"Accept": "x/y"})
     assert response.status_code == 200 and response.headers["Content-Type"] == "application/x-echo"
     assert json.loads(response.data) == ["hello", "text/x-mine; a=b", "x/y"]
     assert client.get("/ping").status_code == 200
-    deadline = time.monotonic() + 10  # the loader's thread logs just after the handler is served
-    while not any("model loaded from" in r.getMessage() and "the echo handler" in r.getMessage()
-                  for r in caplog.records):
-        assert time.monotonic() < deadline, caplog.text
-        time.sleep(0.01)
+    assert app.extensions[predictor.LOADER_KEY].wait_first_attempt(10)  # set once the load is logged
+    assert any("model loaded from" in r.getMessage() and "the echo handler" in r.getMessage()
+               for r in caplog.records), caplog.text
 
 
 def test_a_handlers_client_error_is_its_status_and_message(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -94,9 +93,7 @@ def test_no_model_fn_and_a_model_not_in_mxnets_layout_is_a_clear_ping_reason(tmp
     (model_dir / "weights.pt").write_bytes(b"not mxnet")
     with caplog.at_level(logging.ERROR):
         app, loader = start(model_dir, SAGEMAKER_PROGRAM="inference.py")
-        deadline = time.monotonic() + 30
-        while "loading" in loader.reason and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert loader.wait_first_attempt(30)  # set once the failure is logged
     ping = app.test_client().get("/ping")
     assert ping.status_code == 503
     reason = ping.get_json()["error"]
