@@ -238,7 +238,7 @@ def test_hosts_that_never_resolve_are_the_reason(tmp_path, monkeypatch):
     assert not (code / "ran").exists()
 
 
-@pytest.mark.parametrize("switch", ["sagemaker_mpi_enabled", "sagemaker_distributed_dataparallel_enabled"])
+@pytest.mark.parametrize("switch", ["sagemaker_distributed_dataparallel_enabled"])
 def test_a_distribution_the_image_lacks_fails_the_job_before_the_script_runs(tmp_path, switch):
     code = tmp_path / "code"
     code.mkdir()

@@ -4,7 +4,8 @@
    sourcedir.tar.gz, unpacked into <base>/code); its requirements.txt installed with pip (a folder with a
    setup.py is pip-installed as a package instead, and run as a module).
 2. With `sagemaker_parameter_server_enabled`, MXNet's scheduler (first host) and a server on every host,
-   and the DMLC_* worker variables, so that the script's kvstore="dist_sync" joins one cluster.
+   and the DMLC_* worker variables, so that the script's kvstore="dist_sync" joins one cluster. With
+   `sagemaker_mpi_enabled`, the script runs under mpirun from the first host (mpi.py).
 3. The script: `python <entry point> --name value ...` in the code folder, with every SM_* variable
    (smenv.py), unbuffered; its exit code is the job's. On success output/success is written; on failure
    output/failure holds the script's last error line, then its traceback; SIGTERM goes to the script and
@@ -26,7 +27,7 @@ from typing import Any
 from ... import gpus, usercode
 from ...errors import ReasonError
 from .. import configfiles, environment
-from . import process, smenv
+from . import mpi, process, smenv
 
 log = logging.getLogger("mxnet_byoc.script")
 
@@ -98,10 +99,9 @@ def command(env: smenv.ScriptEnv, code_dir: Path) -> list[str]:
     return [sys.executable, "--", name, *args]
 
 
-# Distributions AWS's MXNet containers ran and this image cannot (no MPI, no Horovod, no SageMaker data parallel
-# library): refused before anything runs, rather than the script run alone on every host as if it were a cluster.
+# Distributions AWS's MXNet containers ran and this image cannot (no SageMaker data parallel library): refused
+# before anything runs, rather than the script run alone on every host as if it were a cluster.
 UNSUPPORTED_DISTRIBUTIONS = {
-    smenv.MPI: "MPI (Horovod)",
     smenv.DATA_PARALLEL: "SageMaker's distributed data parallel library",
 }
 
@@ -110,8 +110,10 @@ def refuse_unsupported_distribution(env: smenv.ScriptEnv) -> None:
     """ScriptError naming the switch when the job asks for a distribution this image does not have."""
     for switch, what in UNSUPPORTED_DISTRIBUTIONS.items():
         if smenv.switched_on(env.additional_framework_parameters.get(switch, False)):
-            raise ScriptError(f"{switch}: {what} is not in this image; for several hosts use MXNet's parameter "
-                              "server (distribution={'parameter_server': {'enabled': True}}, kvstore='dist_sync')")
+            raise ScriptError(f"{switch}: {what} is not in this image; for several hosts use MPI (Horovod) or "
+                              "MXNet's parameter server (distribution={'parameter_server': {'enabled': True}})")
+    if env.parameter_server and mpi.requested(env):
+        raise ScriptError(f"{smenv.PARAMETER_SERVER} and {smenv.MPI} are both on: choose one distribution")
 
 
 def _is_package(env: smenv.ScriptEnv, code_dir: Path) -> bool:
@@ -212,6 +214,14 @@ def _fail(paths: environment.Paths, reason: str, detail: str = "") -> None:
 
 def run(base: Path) -> int:
     """The whole job; the exit code is the script's (143 when stopped)."""
+    joined: list[mpi.Job] = []  # the MPI job this host takes part in, once it has one
+    code = _run(base, joined)
+    for job in joined:  # the other hosts learn the outcome only now, with output/failure written
+        job.finish(code, environment.Paths(base))
+    return code
+
+
+def _run(base: Path, joined: list[mpi.Job]) -> int:
     paths = environment.Paths(base)
     started = time.monotonic()
     script: process.ScriptProcess | None = None
@@ -244,11 +254,20 @@ def run(base: Path) -> int:
         cmd = command(env, code_dir)
         for folder in (paths.model, paths.output_data):  # SageMaker creates them; `docker run` may not
             folder.mkdir(parents=True, exist_ok=True)
+        variables = _script_environment(env, code_dir)
+        launch = process.ScriptProcess
         if env.parameter_server:
             cluster = _Cluster(env)
             cluster.start(on_failure=lambda reason: script.abort(reason) if script else None)
+        elif mpi.requested(env):
+            job = mpi.Job(mpi.Settings.from_env(env))
+            joined.append(job)
+            if not job.is_master:
+                return job.serve(paths)
+            job.start()
+            cmd, launch = job.command(cmd, variables), job.process
         log.info("running the user's script in %s: %s", code_dir, shlex.join(cmd))
-        starting = process.ScriptProcess(cmd, str(code_dir), _script_environment(env, code_dir))
+        starting = launch(cmd, str(code_dir), variables)
         starting.start()
         script = starting  # from here on a signal is passed on to the script
         outcome = script.wait()
