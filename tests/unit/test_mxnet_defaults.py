@@ -153,6 +153,7 @@ def test_npy_answers_are_float64_as_awss_tolist_makes_them(aws_handler):
     (b"1,x\n", CSV, 400, "comma-separated numbers"),
     (b"\xff\xfe", CSV, 400, "not UTF-8"),
     (b"not npy", NPY, 400, ".npy"),
+    (b"\x93NUMPY\x03\x00\x09\x00\x00\x00{'\xff': 1}\n", NPY, 400, "not a .npy array: 'utf-8' codec"),
 ])
 def test_client_mistakes(aws_handler, body, content_type, status, words):
     with pytest.raises(http_errors.ClientMistake) as raised:

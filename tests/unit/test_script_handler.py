@@ -20,10 +20,10 @@ from devkit.script_models import (
 from mxnet_byoc.serve import http_errors, mxnet_defaults, script
 from mxnet_byoc.serve.device import Device
 from mxnet_byoc.serve.http_errors import UserCodeFailure
+from mxnet_byoc.serve.mediatypes import CSV, JSON, NPY
 from mxnet_byoc.serve.script import ScriptError, UserCode
 
 CPU = Device()
-JSON = "application/json"
 _counter = iter(range(10**6))
 
 
@@ -207,6 +207,20 @@ def test_an_exception_with_a_status_code_answers_with_it(tmp_path, aws_model):
     with pytest.raises(UserCodeFailure) as raised:
         handler.invoke(b"-1", JSON, JSON)
     assert (raised.value.status, str(raised.value)) == (422, "send a positive number")
+
+
+def test_text_bodies_arrive_as_str_and_one_that_is_not_utf8_is_400(tmp_path, aws_model):
+    handler = load(tmp_path, """
+        def model_fn(model_dir):
+            return None
+
+        def transform_fn(model, body, content_type, accept):
+            return type(body).__name__
+    """, aws_model)
+    assert handler.invoke(bytearray(b"1,2"), CSV, JSON)[0] == b"str"
+    assert handler.invoke(b"\xff", NPY, JSON)[0] == b"bytes"
+    with pytest.raises(http_errors.BadRequest, match="the application/json body is not UTF-8"):
+        handler.invoke(b"\xff", JSON, JSON)
 
 
 def test_a_result_that_cannot_be_sent_is_500_with_the_reason(tmp_path, aws_model):

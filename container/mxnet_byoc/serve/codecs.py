@@ -102,6 +102,14 @@ def _label_pieces(classes_json: bytes, kind: str) -> Any:
     return opening, [between + text for text in opening]
 
 
+def utf8_text(body: bytes, kind: str, encoding: str = "utf-8") -> str:
+    """A `kind` body as text (`encoding`: "utf-8-sig" drops a byte-order mark); BadRequest when it is not UTF-8."""
+    try:
+        return str(body, encoding)
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the {kind} body is not UTF-8: {e}") from None
+
+
 def describe_shapes(input_shape: tuple[int, ...]) -> str:
     """The image layouts a model taking (C, H, W) accepts, in words, for error messages and docs."""
     return " or ".join(_layout_names(input_shape))
@@ -258,10 +266,7 @@ def _decode_jsonlines(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _decode_csv(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise BadRequest(f"the text/csv body is not UTF-8: {e}") from None
+    text = utf8_text(body, CSV, "utf-8-sig")
     per_image = math.prod(input_shape)
     lines = []
     for number, line in enumerate(text.splitlines(), 1):

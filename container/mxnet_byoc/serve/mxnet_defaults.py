@@ -46,7 +46,11 @@ LAYOUT_FILES = (modeldir.SYMBOL_FILE, modeldir.PARAMS_FILE, modeldir.SHAPES_FILE
 
 def in_mxnet_layout(model_dir: Path) -> bool:
     """The three files AWS's default model_fn loads are all there."""
-    return all((Path(model_dir) / name).is_file() for name in LAYOUT_FILES)
+    return not missing_layout_files(model_dir)
+
+
+def missing_layout_files(model_dir: Path) -> list[str]:
+    return [name for name in LAYOUT_FILES if not (Path(model_dir) / name).is_file()]
 
 
 # ---- request bodies ---------------------------------------------------------------------------------
@@ -67,13 +71,11 @@ def decode(body: bytes | str, content_type: str | None, offered: tuple[str, ...]
                 warnings.simplefilter("error", np.VisibleDeprecationWarning)
                 return np.array(data)
         if kind == CSV:
-            text = body if isinstance(body, str) else bytes(body).decode("utf-8")
+            text = body if isinstance(body, str) else codecs.utf8_text(body, kind)
             return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=1)
         return np.load(io.BytesIO(body), allow_pickle=False)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"the application/json body is not valid JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise BadRequest(f"the text/csv body is not UTF-8: {e}") from None
     except np.VisibleDeprecationWarning:
         raise BadRequest(f"the {kind} body must hold numbers in equal-length lists") from None
     except (ValueError, EOFError, OSError, SyntaxError) as e:  # numpy's readers on malformed input
@@ -168,7 +170,7 @@ class DefaultHandler:
 
 def load_default(model_dir: Path, device: Device, default_accept: str = JSON) -> DefaultHandler:
     """The network of `model_dir` in MXNet's C predict API, run once on zeros before it serves."""
-    missing = [name for name in LAYOUT_FILES if not (Path(model_dir) / name).is_file()]
+    missing = missing_layout_files(model_dir)
     if missing:
         raise modeldir.ModelDirError(f"{', '.join(missing)} missing in {model_dir}: the default handlers load "
                                      f"MXNet's layout ({', '.join(LAYOUT_FILES)})")
@@ -184,7 +186,7 @@ def default_model_fn(model_dir: str | Path, device: Device) -> Any:
     import mxnet as mx
 
     model_dir = Path(model_dir)
-    missing = [name for name in LAYOUT_FILES if not (model_dir / name).is_file()]
+    missing = missing_layout_files(model_dir)
     if missing:
         raise modeldir.ModelDirError(
             f"the default model_fn loads MXNet's layout ({', '.join(LAYOUT_FILES)}) and {', '.join(missing)} "

@@ -37,8 +37,9 @@ from typing import Any
 from .. import modeldir
 from ..errors import ReasonError
 from . import mxnet_defaults
+from .codecs import utf8_text
 from .device import Device
-from .http_errors import BadRequest, ClientMistake, UserCodeFailure
+from .http_errors import ClientMistake, UserCodeFailure
 from .mediatypes import CSV, JSON
 
 log = logging.getLogger("mxnet_byoc.script")
@@ -294,12 +295,7 @@ class ScriptHandler:
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
         if not accept or accept == "*/*":
             accept = self.default_accept
-        data: bytes | str = bytes(body)
-        if content_type in UTF8_TYPES:
-            try:
-                data = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise BadRequest(f"the {content_type} body is not UTF-8: {e}") from None
+        data: bytes | str = utf8_text(body, content_type) if content_type in UTF8_TYPES else bytes(body)
         processor = RequestProcessor({"Content-Type": content_type or "", "Accept": accept})
         self.context.request_processor = [processor]
         result = self._transform(self.model, data, content_type, accept)
