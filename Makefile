@@ -4,7 +4,7 @@
 #   make test        the test command: venv, Docker engine, base image, both images, then pytest
 #   make demo        train and serve MNIST in the CPU image (or the venv where no Docker engine runs)
 #   make image-cpu   build $(CPU_IMAGE)          make image-gpu   build $(GPU_IMAGE)
-#   make bench       print the benchmarks' figures
+#   make bench       the benchmarks (BENCH=serving: one part)
 #   make lint        ruff, and shellcheck on the shell scripts
 #   make locks       regenerate docker/requirements-*.lock after changing the pins they come from
 #   make client-venv .venv-client: byoctl with the SageMaker Python SDK 3.x (no MXNet)
@@ -80,13 +80,10 @@ test-sdk3: client-venv image-cpu
 demo: venv
 	$(PY) -m devkit.demo $(DEMO_ARGS)
 
+# BENCH="serving training.accuracy ..." runs only those benches or modes (bench/run.py); what each measured goes
+# to bench/results/.
 bench: venv
-	$(PY) bench/train_bench.py
-	$(PY) bench/serve_bench.py
-	$(PY) bench/fastpath_bench.py
-	$(PY) bench/allocator_bench.py
-	$(PY) bench/script_serve_bench.py
-	$(PY) bench/image_bench.py
+	$(PY) bench/run.py $(BENCH)
 
 lint: venv
 	$(PY) -m ruff check .

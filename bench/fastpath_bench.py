@@ -40,10 +40,10 @@ from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 from werkzeug.test import EnvironBuilder
 
-import serve_bench
 from devkit.servers import Server
 from mxnet_byoc.serve import allocator, codecs, digits, server, settings, worker
 from mxnet_byoc.serve import app as serving
+from serving import rig
 
 REPEAT = 7
 
@@ -95,7 +95,7 @@ def in_requests(model_dir: Path) -> None:
     the plain path swapped in and out, so that the caches are as cold as in a worker: in isolation the
     differences come out 3-5 times smaller."""
     handler = digits.loader()(model_dir)
-    body = serve_bench.random_digit_json()
+    body = rig.random_digit_json()
     for name, attribute, plain_path, test in (
         ("one image scaled in 3 numpy calls, not 10", "_one_to_unit_range", codecs._each_to_unit_range,
          "test_codecs: one image scaled"),
@@ -261,10 +261,10 @@ def whole_requests(model_dir: Path, rounds: int = 12, seconds: int = 3) -> None:
     own worker, ours with keep-alive off (one send, leaner accept) and ours. The server CPU per request
     (medians of `rounds`), and each gain as the median of the differences within each round, which other load
     on the machine moves less."""
-    wrk = serve_bench.ensure_wrk()
+    wrk = rig.ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="fastpath-serve-") as folder:
         work = Path(folder)
-        script, body = serve_bench.one_image_folder(work, model_dir)
+        script, body = rig.one_image_folder(work, model_dir)
         servers = {"stock": Server(work, work / "stock.log", [sys.executable, "-c", STOCK_WORKER_SERVE]),
                    "closing": Server(work, work / "closing.log", **{settings.KEEP_ALIVE_S: "0"}),
                    "ours": Server(work, work / "ours.log")}
@@ -274,7 +274,7 @@ def whole_requests(model_dir: Path, rounds: int = 12, seconds: int = 3) -> None:
             figures: dict[str, list[float]] = {name: [] for name in servers}
             for round_ in range(rounds):
                 for which in list(servers)[round_ % 3:] + list(servers)[:round_ % 3]:
-                    run = serve_bench.run_wrk(wrk, script, servers[which], body, "application/json", 8, seconds)
+                    run = rig.run_wrk(wrk, script, servers[which], body, "application/json", 8, seconds)
                     figures[which].append(run["cpu_us"])
         finally:
             for one in servers.values():
@@ -300,7 +300,7 @@ def main() -> None:
         os.environ.setdefault(name, value)  # as in a worker, before libmxnet.so is loaded
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     with tempfile.TemporaryDirectory(prefix="fastpath-bench-") as work:
-        model_dir = args.model_dir or serve_bench.train_model(Path(work), "mlp", 1)
+        model_dir = args.model_dir or rig.train_model(Path(work), "mlp", 1)
         print(f"  {'fast path':44} {'plain us':>9} {'fast us':>9} {'gain us':>9}  {'per':34} pinned by")
         mounted_invocations(settings.from_env({}))
         request_log()

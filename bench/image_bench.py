@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Image figures: build times (cold, cached, after a code change) and sizes of the CPU and GPU images.
 
-    .venv/bin/python bench/image_bench.py [--flavour cpu gpu] [--skip-base]
+    .venv/bin/python bench/image_bench.py [--mode base,cpu,gpu] [--figures FILE]
 
 - base: `scripts/make-base-image.sh` from nothing (debootstrap from the Debian mirror, then import),
   under a throwaway tag and cache folder, so the real debian:bookworm-slim is left alone;
@@ -15,17 +15,17 @@ Builds use throwaway tags (mxnet-byoc-bench:*), removed at the end. The machine 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from devkit import shell
 from devkit.project import ROOT, SCRIPTS
+from figures import Figure, Mode, main
 
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:bookworm-slim")
 
@@ -81,26 +81,38 @@ def bench_flavour(flavour: str) -> dict[str, float]:
     return figures
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--flavour", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
-    p.add_argument("--skip-base", action="store_true")
-    args = p.parse_args()
+def setup(args: argparse.Namespace) -> None:
     run([str(SCRIPTS / "ensure-docker.sh")])
     run([str(SCRIPTS / "make-base-image.sh")])
     run(["make", "-C", str(ROOT), "extra-ca"])  # the proxy CA, as `make image-*` would use it
-    results: dict[str, dict[str, float]] = {}
-    if not args.skip_base:
-        results["base"] = bench_base()
-        print(f"base image: debootstrap + import {results['base']['debootstrap_and_import_s']:.0f} s, "
-              f"import from the cached tarball {results['base']['import_from_cache_s']:.1f} s, "
-              f"{results['base']['size_mb']:.0f} MB", flush=True)
-    for flavour in args.flavour:
-        f = results[flavour] = bench_flavour(flavour)
+
+
+def base_mode(_: None) -> list[Figure]:
+    f = bench_base()
+    print(f"base image: debootstrap + import {f['debootstrap_and_import_s']:.0f} s, "
+          f"import from the cached tarball {f['import_from_cache_s']:.1f} s, {f['size_mb']:.0f} MB", flush=True)
+    return [Figure("images.base", "debian:bookworm-slim made here (debootstrap + import; import from the cached root "
+                   "file system)", f"{f['size_mb']:.0f} MB, {f['debootstrap_and_import_s']:.0f} s; "
+                   f"{f['import_from_cache_s']:.1f} s")]
+
+
+def flavour_mode(flavour: str) -> Callable[[None], list[Figure]]:
+    def measure(_: None) -> list[Figure]:
+        f = bench_flavour(flavour)
         print(f"{flavour} image: cold build {f['cold_s']:.0f} s, cached {f['cached_s']:.1f} s, "
               f"after a code change {f['code_change_s']:.1f} s, {f['size_mb']:.0f} MB", flush=True)
-    print(json.dumps(results, indent=2))
+        return [Figure(f"images.{flavour}.size", f"mxnet-byoc:{flavour}: image size", f"{f['size_mb']:,.0f} MB"),
+                Figure(f"images.{flavour}.build", f"mxnet-byoc:{flavour}: cold build (--no-cache); nothing changed; "
+                       "one file in container/ changed", f"{f['cold_s']:.0f} s; {f['cached_s']:.1f} s; "
+                       f"{f['code_change_s']:.1f} s")]
+
+    return measure
+
+
+MODES = {"base": Mode(base_mode, "the base image from nothing"),
+         "cpu": Mode(flavour_mode("cpu"), "the CPU image's builds and size"),
+         "gpu": Mode(flavour_mode("gpu"), "the GPU image's builds and size")}
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__.split("\n\n")[0], MODES, list(MODES), lambda parser: None, setup)

@@ -38,10 +38,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit.datasets import find_mnist as mnist_dir
 from devkit.servers import Server
 from mxnet_byoc.serve import settings  # the standard library only
 from mxnet_byoc.train import data as idx  # numpy only
-from serve_bench import INVOCATIONS, ensure_wrk, mnist_dir, serve_process, train_model
+from serving.rig import INVOCATIONS, ensure_wrk, serve_process, train_model
 
 # Per-status counts come from the response() callback of every thread; wrk's summary has the rest.
 WRK_SCRIPT = """

@@ -1,33 +1,31 @@
-#!/usr/bin/env python3
-"""Script mode: this image's own runner (mxnet_byoc/train/script/) against AWS's `sagemaker-training`
-toolkit, for the decision in README.md ("Your own script").
+"""Script mode: this image's own runner (mxnet_byoc/train/script/) against AWS's `sagemaker-training` toolkit.
 
-    CPU_IMAGE=mxnet-byoc:cpu .venv/bin/python bench/script_toolkit_bench.py [--runs 5]
-
-Builds a variant of $CPU_IMAGE with the toolkit installed as an image would install it (one layer: a C
-compiler for its extension, pip, the compiler removed again; numpy held at the image's version), then:
+Builds a variant of $CPU_IMAGE with the toolkit installed as an image would install it (one layer: a C compiler
+for its extension, pip, the compiler removed again; numpy held at the image's version; tagged $CPU_IMAGE-toolkit
+and left in place), then measures both runners in it:
 - sizes of both images;
-- start-up: from `docker run` to the first line of a trivial script, and the whole run, median of
-  --runs, for `train` (ours) and the toolkit's `train` (/opt/venv/bin/train), both in the variant image;
-- what each does with the same jobs: the SM_* variables and arguments (compared name by name), a script
-  that exits 3, one that raises, and `docker stop` (exit code, output/failure, seconds to stop).
-The variant's tag is $CPU_IMAGE-toolkit; it is left in place (remove it with `docker rmi`).
+- start-up: from `docker run` to the first line of a trivial script, and the whole run, median of --runs, for
+  `train` (ours) and the toolkit's `train` (/opt/venv/bin/train);
+- what each does with the same jobs: the SM_* variables and arguments (compared name by name), a script that exits
+  3, one that raises, a requirements.txt pip cannot install, and `docker stop` (exit code, output/failure, seconds).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from devkit.project import ROOT
+from devkit.shell import sh
+from figures import Figure
+
 TOOLKIT = "sagemaker-training==5.1.4"
 DOCKERFILE = """
 ARG IMAGE
@@ -62,28 +60,18 @@ SCRIPTS = {  # case -> the code folder's files
 RUNNERS = {"ours": "/opt/program/train", "toolkit": "/opt/venv/bin/train"}
 
 
-def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if check and result.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
 def size(image: str) -> int:
     return int(sh("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
 
 
-def job(root: Path, files: dict[str, str], **extra: str) -> Path:
+def job(root: Path, files: dict[str, str]) -> Path:
     base = root / "ml"
-    (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "data" / "training").mkdir(parents=True)
-    (base / "output" / "data").mkdir(parents=True)
-    (base / "model").mkdir()
-    (base / "code").mkdir()
+    for folder in ("input/config", "input/data/training", "output/data", "model", "code"):
+        (base / folder).mkdir(parents=True)
     for name, text in files.items():
         (base / "code" / name).write_text(textwrap.dedent(text))
     config = base / "input" / "config"
-    (config / "hyperparameters.json").write_text(json.dumps({**HYPERPARAMETERS, **extra}))
+    (config / "hyperparameters.json").write_text(json.dumps(HYPERPARAMETERS))
     (config / "inputdataconfig.json").write_text(json.dumps({"training": {"TrainingInputMode": "File"}}))
     (config / "resourceconfig.json").write_text(json.dumps(
         {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
@@ -94,10 +82,10 @@ def docker_run(image: str, base: Path, runner: str, name: str | None = None, det
     """`docker run` one job to its end (or detached), with no network: nothing is fetched."""
     # The toolkit waits (up to 15 minutes) for every host name to resolve, even on one host: algo-1 must.
     name = name or f"script-bench-{os.getpid()}-{time.monotonic_ns()}"
-    cmd = ["docker", "run", "--name", name, "--network", "none", "--add-host", "algo-1:127.0.0.1",
-           "-v", f"{base}:/opt/ml", "-e", "AWS_DEFAULT_REGION=us-east-1", *(["-d"] if detach else ["--rm"])]
     try:
-        return subprocess.run([*cmd, image, runner], capture_output=True, text=True, timeout=600)
+        return sh("docker", "run", "--name", name, "--network", "none", "--add-host", "algo-1:127.0.0.1",
+                  "-v", f"{base}:/opt/ml", "-e", "AWS_DEFAULT_REGION=us-east-1", *(["-d"] if detach else ["--rm"]),
+                  image, runner, check=False, timeout=600)
     except subprocess.TimeoutExpired:
         sh("docker", "rm", "-f", name, check=False)
         raise
@@ -110,12 +98,11 @@ def startup(image: str, runner: str, runs: int) -> tuple[float, float]:
             base = job(Path(tmp), {"train.py": PRINT_ENV})
             started = time.time()
             done = docker_run(image, base, runner)
-            total = time.time() - started
+            totals.append(time.time() - started)
             line = next((x for x in done.stdout.splitlines() if x.startswith("first-line")), None)
             if done.returncode != 0 or line is None:
-                sys.exit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+                raise SystemExit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
             firsts.append(float(line.split()[1]) - started)
-            totals.append(total)
     return statistics.median(firsts), statistics.median(totals)
 
 
@@ -124,7 +111,7 @@ def seen(image: str, runner: str) -> dict:
         base = job(Path(tmp), {"train.py": PRINT_ENV})
         done = docker_run(image, base, runner)
         if done.returncode != 0:
-            sys.exit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            raise SystemExit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         return json.loads((base / "output" / "data" / "seen.json").read_text())
 
 
@@ -146,33 +133,30 @@ def ending(image: str, runner: str, case: str) -> str:
         seconds = time.monotonic() - started
         failure = base / "output" / "failure"
         text = failure.read_text().strip() if failure.exists() else "(none)"
-        first = " | ".join(text.splitlines()[:4])[:300]
-        return f"exit {code}, {seconds:.1f} s, output/failure: {first}"
+        return f"exit {code}, {seconds:.1f} s, output/failure: {' | '.join(text.splitlines()[:4])[:300]}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def run(bench: Any) -> list[Figure]:
+    """`bench`: train_bench.Bench (its work folder and --runs)."""
     image = os.environ.get("CPU_IMAGE", "mxnet-byoc:cpu")
     variant = f"{image}-toolkit"
-    with tempfile.TemporaryDirectory() as tmp:
-        dockerfile = Path(tmp) / "Dockerfile"
-        dockerfile.write_text(DOCKERFILE)
-        started = time.monotonic()
-        sh("docker", "build", "--network", "host", "--build-arg", f"IMAGE={image}", "-f", str(dockerfile),
-           "-t", variant, str(ROOT))
-        print(f"built {variant} ({TOOLKIT}) in {time.monotonic() - started:.0f} s")
+    dockerfile = bench.work / "Dockerfile.toolkit"
+    dockerfile.write_text(DOCKERFILE)
+    started = time.monotonic()
+    sh("docker", "build", "--network", "host", "--build-arg", f"IMAGE={image}", "-f", str(dockerfile), "-t", variant,
+       str(ROOT), timeout=1800)
+    print(f"built {variant} ({TOOLKIT}) in {time.monotonic() - started:.0f} s")
     added = sh("docker", "run", "--rm", variant, "sh", "-c",
                "/opt/venv/bin/python -m pip list --format=freeze 2>/dev/null").stdout.split()
     ours = set(sh("docker", "run", "--rm", image, "cat", "/opt/program/PACKAGES.txt").stdout.split())
-    print(f"image sizes: {image} {size(image) / 1e6:.1f} MB, with the toolkit {size(variant) / 1e6:.1f} MB "
-          f"(+{(size(variant) - size(image)) / 1e6:.1f} MB)")
+    sizes = size(image) / 1e6, size(variant) / 1e6
+    print(f"image sizes: {image} {sizes[0]:.1f} MB, with the toolkit {sizes[1]:.1f} MB (+{sizes[1] - sizes[0]:.1f} MB)")
     print(f"packages the toolkit adds: {', '.join(sorted(set(added) - ours))}")
+    starts = {}
     for label, runner in RUNNERS.items():
-        first, total = startup(variant, runner, args.runs)
+        first, total = starts[label] = startup(variant, runner, bench.args.runs)
         print(f"start-up, {label}: docker run -> the script's first line {first:.2f} s, whole run {total:.2f} s "
-              f"(median of {args.runs})")
+              f"(median of {bench.args.runs})")
     a, b = seen(variant, RUNNERS["ours"]), seen(variant, RUNNERS["toolkit"])
     names = sorted(set(a["env"]) | set(b["env"]))
     differ = [n for n in names if a["env"].get(n) != b["env"].get(n)]
@@ -182,7 +166,14 @@ def main() -> None:
         for label, runner in RUNNERS.items():
             print(f"{case}, {label}: {ending(variant, runner, case)}")
     print(f"load average while measured: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
-
-
-if __name__ == "__main__":
-    main()
+    return [
+        Figure("training.toolkit.size", "the CPU image (ours) against the same image with the toolkit",
+               f"{sizes[0]:.1f} MB", f"with {TOOLKIT} {sizes[1]:.1f} MB", sizes[0] / sizes[1]),
+        Figure("training.toolkit.startup", "docker run to the script's first line (median)",
+               f"{starts['ours'][0]:.2f} s", f"the toolkit's runner {starts['toolkit'][0]:.2f} s",
+               starts["ours"][0] / starts["toolkit"][0]),
+        Figure("training.toolkit.variables", "SM_* variables and arguments the same as the toolkit's",
+               f"{len(names) - len(differ)} of {len(names)} variables, arguments "
+               f"{'identical' if a['argv'] == b['argv'] else 'DIFFERENT'}", target="all identical",
+               met=not differ and a["argv"] == b["argv"]),
+    ]

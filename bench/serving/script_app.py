@@ -1,6 +1,6 @@
 """The bare stack around a user's inference script: a Flask view that calls the script's `transform_fn`.
 
-bench/script_serve_bench.py runs it as `gunicorn -w N script_app:app` with gunicorn's default settings, beside
+bench/serve_bench.py --mode aws runs it as `gunicorn -w N script_app:app` with gunicorn's default settings, beside
 our `serve` and AWS's stack: what gunicorn and Flask with nothing else around the same script reach on the
 machine at hand. The script is $SCRIPT_APP_MODEL_DIR/code/$SAGEMAKER_PROGRAM; each worker runs its `model_fn`
 once, at import.

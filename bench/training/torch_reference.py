@@ -1,7 +1,7 @@
-"""The same networks, batch sizes and optimizers in PyTorch: the yardstick for bench/train_bench.py.
+"""The same networks, batch sizes and optimizers in PyTorch: the yardstick for bench/train_bench.py --mode throughput.
 
-Run with a virtualenv that has torch==2.13.0 (bench/train_bench.py makes one). MNIST comes as the four
-.npy arrays train_bench.py writes (this virtualenv has nothing of ours). Prints one line per epoch.
+Run with a virtualenv that has torch==2.13.0 (the bench makes one). MNIST comes as the four
+.npy arrays the bench writes (this virtualenv has nothing of ours). Prints one line per epoch.
 """
 
 from __future__ import annotations
