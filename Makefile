@@ -4,7 +4,7 @@
 #   make test        the test command: venv, Docker engine, base image, both images, then pytest
 #   make demo        train and serve MNIST in the CPU image (or the venv where no Docker engine runs)
 #   make image-cpu   build $(CPU_IMAGE)          make image-gpu   build $(GPU_IMAGE)
-#   make bench       the benchmarks (BENCH=serving: one part)
+#   make bench       the benchmarks (BENCH=serving: one part), their figures into docs/performance.md
 #   make lint        ruff, and shellcheck on the shell scripts
 #   make locks       regenerate docker/requirements-*.lock after changing the pins they come from
 #   make client-venv .venv-client: byoctl with the SageMaker Python SDK 3.x (no MXNet)
@@ -81,9 +81,9 @@ demo: venv
 	$(PY) -m devkit.demo $(DEMO_ARGS)
 
 # BENCH="serving training.accuracy ..." runs only those benches or modes (bench/run.py); what each measured goes
-# to bench/results/.
+# to bench/results/, then into docs/performance.md and README's Performance table, whatever ran or failed.
 bench: venv
-	$(PY) bench/run.py $(BENCH)
+	status=0; $(PY) bench/run.py $(BENCH) || status=$$?; scripts/gen-readme-tables.sh; exit $$status
 
 lint: venv
 	$(PY) -m ruff check .
