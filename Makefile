@@ -5,7 +5,7 @@
 #   make demo        train and serve MNIST in the CPU image (or the venv where no Docker engine runs)
 #   make image-cpu   build $(CPU_IMAGE)          make image-gpu   build $(GPU_IMAGE)
 #   make bench       the benchmarks (BENCH=serving: one part), their figures into docs/performance.md
-#   make lint        ruff, and shellcheck on the shell scripts
+#   make lint        ruff, no words about the project's history, and shellcheck on the shell scripts
 #   make locks       regenerate docker/requirements-*.lock after changing the pins they come from
 #   make client-venv .venv-client: byoctl with the SageMaker Python SDK 3.x (no MXNet)
 #   make test-sdk3   the SDK 3 tests, in .venv-client (part of `make test`)
@@ -85,8 +85,10 @@ demo: venv
 bench: venv
 	status=0; $(PY) bench/run.py $(BENCH) || status=$$?; scripts/gen-readme-tables.sh; exit $$status
 
+# scripts/check_no_history.py: README, docs/ and comments say what the project is, never how it was made.
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) scripts/check_no_history.py
 	command -v shellcheck >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck \
 		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }
 	shellcheck scripts/*.sh .ci/run build_and_push.sh
