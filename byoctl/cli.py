@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from byoctl import commands, payloads, progress, sessions
+from byoctl import commands, leftovers, payloads, progress, sessions
 from byoctl.commands import CommandError
 
 ROLE_ENV = "SAGEMAKER_ROLE"
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None, clients: sessions.Clients | None = N
     try:
         if not args.local:
             return run(args, clients or make_clients(args))
-        with sessions.local_leftovers_removed():
+        with leftovers.local_leftovers_removed():
             return run(args, clients or make_clients(args))
     except (CommandError, payloads.PayloadError, progress.WaitError) as e:
         print(f"byoctl: error: {e}", file=sys.stderr)

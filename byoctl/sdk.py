@@ -182,7 +182,7 @@ def _model_trainer_local(session: Any, job: TrainingJob) -> None:
     from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
 
-    from byoctl.sessions import remove_compose_containers
+    from byoctl.leftovers import remove_compose_containers
 
     output = Path(_local_path(job.output_path))
     root = Path(tempfile.mkdtemp(prefix="byoctl-train-"))

@@ -50,7 +50,7 @@ def offline():
 @pytest.fixture(scope="module")
 def compose_containers():
     """Removes what local mode leaves behind (exited containers, compose folders), as byoctl does."""
-    from byoctl.sessions import local_leftovers_removed
+    from byoctl.leftovers import local_leftovers_removed
 
     before = set(_local_mode_containers(running=True))
     with local_leftovers_removed():
@@ -62,7 +62,7 @@ def compose_containers():
 def _local_mode_containers(running: bool = False) -> list[str]:
     """Local mode's containers of this checkout's image (CPU_IMAGE): other checkouts sharing the Docker
     engine use tags of their own, and their containers come and go while these tests run."""
-    from byoctl.sessions import local_mode_containers
+    from byoctl.leftovers import local_mode_containers
 
     ours = set(sh("docker", "ps", "-a", "-q", "--no-trunc", "--filter", f"ancestor={CPU_IMAGE}").stdout.split())
     return [cid for cid, (state, _) in local_mode_containers().items()

@@ -49,7 +49,7 @@ def container_root(tmp_path_factory) -> Path:
 
 
 def my_containers(root: Path) -> dict[str, str]:
-    from byoctl.sessions import local_mode_containers
+    from byoctl.leftovers import local_mode_containers
 
     return {cid: state for cid, (state, folder) in local_mode_containers().items()
             if folder and Path(folder).is_relative_to(root)}

@@ -1,17 +1,19 @@
-"""No import circles in the container's package: every `import` and `from ... import` of its modules (at module
-level or inside a function alike) makes an edge, and the graph has no cycle."""
+"""No import circles in the container's package, byoctl or devkit: every `import` and `from ... import` of their
+modules (at module level or inside a function alike) makes an edge, and the graph has no cycle."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from devkit.project import CONTAINER
+import pytest
+
+from devkit.project import CONTAINER, ROOT
 
 
-def module_names(root: Path) -> dict[str, Path]:
+def module_names(root: Path, package: str = "mxnet_byoc") -> dict[str, Path]:
     names = {}
-    for path in (root / "mxnet_byoc").rglob("*.py"):
+    for path in (root / package).rglob("*.py"):
         parts = path.relative_to(root).with_suffix("").parts
         names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return names
@@ -61,6 +63,13 @@ def test_the_container_package_has_no_import_circle():
     graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
     assert len(graph) > 40 and graph["mxnet_byoc.serve.device"] == {"mxnet_byoc.serve.capi"}
     assert cycle(graph) is None, " -> ".join(cycle(graph) or [])
+
+
+@pytest.mark.parametrize("package", ["byoctl", "devkit"])
+def test_the_client_and_the_kit_have_no_import_circle(package):
+    modules = module_names(ROOT, package)
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    assert len(graph) > 5 and cycle(graph) is None, " -> ".join(cycle(graph) or [])
 
 
 def test_a_circle_is_found():

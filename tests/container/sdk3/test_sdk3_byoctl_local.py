@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 
 def test_byoctl_local_round_trip_under_sdk3(offline, cpu_image, mnist_dir, tmp_path):
-    from byoctl.sessions import local_leftovers_removed
+    from byoctl.leftovers import local_leftovers_removed
 
     images, labels = mnist_arrays(mnist_dir, "test")
     with local_leftovers_removed():

@@ -104,7 +104,7 @@ def _train(image: str, channels: Path, root: Path, hyperparameters: dict, source
     from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
 
-    from byoctl.sessions import remove_compose_containers
+    from byoctl.leftovers import remove_compose_containers
 
     trainer = ModelTrainer(training_image=image, training_mode=Mode.LOCAL_CONTAINER,
                            compute=Compute(instance_type="local", instance_count=1),
@@ -167,7 +167,7 @@ def test_model_trainer_with_source_code_runs_the_user_script(script_model):
 
 @pytest.mark.parametrize("which", ["builtin_model", "script_model"])
 def test_local_endpoint_deploys_predicts_and_is_deleted(request, which, cpu_image, local_session, mnist_dir):
-    from byoctl.sessions import local_leftovers_removed
+    from byoctl.leftovers import local_leftovers_removed
 
     model_tar = request.getfixturevalue(which)
     images, labels = mnist_arrays(mnist_dir, "test", 200)
