@@ -90,6 +90,8 @@ def test_a_predictor_bound_for_one_row_answers_as_one_bound_at_several_sizes(tmp
     finally:
         row_at_a_time.close()
         chunked.close()
+    with pytest.raises(cpredict.InferenceError, match="closed"):  # its handles are freed
+        chunked.forward(x)
 
 
 @pytest.mark.parametrize("sizes", [(), (8, 2), (1, 8), (8, 8, 1)])

@@ -61,6 +61,8 @@ class Predictor:
         """float32 (N, outputs_per_row) for C-contiguous float32 rows (N, *row_shape)."""
         if rows.dtype != np.float32 or not rows.flags.c_contiguous or rows.shape[1:] != self.row_shape:
             raise ValueError(f"expected C-contiguous float32 (N, {', '.join(map(str, self.row_shape))})")
+        if not self._chunks:
+            raise InferenceError("the predictor is closed")
         count = rows.shape[0]
         out = np.empty((count, self.outputs_per_row), dtype=np.float32)
         source, target = rows.ctypes.data, out.ctypes.data
