@@ -348,15 +348,15 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(mlp_run, tmp_path
 
 # -- SIGTERM --------------------------------------------------------------------------------------------
 
-def test_sigterm_stops_with_a_checkpoint_and_a_rerun_resumes_to_normal_accuracy(mlp_run, subsets, tmp_path):
-    # The same job as mlp_run, with a progress line every step so that the signal lands mid-epoch.
-    base = make_job(tmp_path / "ml", subsets, {**MLP, "log_interval": "1"})
+def stop_with_sigterm(base: Path, at: str) -> tuple[Run, list[str]]:
+    """`train` on `base`, sent SIGTERM as soon as it prints a line starting with `at`; the run and the lines
+    it printed up to that one."""
     proc = jobs.start_train(base, env=job_env(base))
     before = []
     try:
         for line in proc.stdout:
             before.append(line)
-            if line.startswith("progress:"):
+            if line.startswith(at):
                 proc.send_signal(signal.SIGTERM)
                 break
         rest, _ = proc.communicate(timeout=120)
@@ -364,7 +364,13 @@ def test_sigterm_stops_with_a_checkpoint_and_a_rerun_resumes_to_normal_accuracy(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    stopped = Run(base, proc.returncode, "".join(before) + rest)
+    return Run(base, proc.returncode, "".join(before) + rest), before
+
+
+def test_sigterm_stops_with_a_checkpoint_and_a_rerun_resumes_to_normal_accuracy(mlp_run, subsets, tmp_path):
+    # The same job as mlp_run, with a progress line every step so that the signal lands mid-epoch.
+    base = make_job(tmp_path / "ml", subsets, {**MLP, "log_interval": "1"})
+    stopped, before = stop_with_sigterm(base, at="progress:")
     assert before and before[-1].startswith("progress: epoch 1/2 step "), stopped
     assert stopped.returncode == 143, stopped
     first = stopped.failure.splitlines()[0]
@@ -389,6 +395,47 @@ def test_sigterm_stops_with_a_checkpoint_and_a_rerun_resumes_to_normal_accuracy(
     assert accuracy >= MLP_FLOOR
     # The same job uninterrupted: resuming mid-epoch replays the same updates.
     assert accuracy == pytest.approx(mlp_run.json("output/data/metrics.json")["test_accuracy"], abs=0.005)
+
+
+def test_a_fresh_start_over_unusable_checkpoints_keeps_its_own_and_resumes_from_them(mlp_run, subsets, tmp_path):
+    """A user reruns with another batch size and the same checkpoint folder, which also holds files torn by an
+    earlier crash. Their names sort above everything this run writes: they must not push its checkpoints out."""
+    base = make_job(tmp_path / "ml", subsets, {**MLP, "batch_size": "64", "log_interval": "1"})
+    folder = base / "checkpoints"
+    shutil.copytree(mlp_run.base / "checkpoints", folder)  # batch 128: made with other settings
+    earlier = checkpoint_files(folder)
+    # A damaged .params under a .json that matches this job's settings, and a half-written .json.
+    matching = {**json.loads((folder / earlier[0]).read_text()), "batch_size": 64, "steps_per_epoch": 93}
+    torn = {"checkpoint-algo-1-e0008-s0000000.json": json.dumps(matching).encode(),
+            "checkpoint-algo-1-e0008-s0000000.params": (folder / earlier[1]).read_bytes()[:500],
+            "checkpoint-algo-1-e0009-s0000000.json": b'{"epoch": 9, "step": 0, "upd',
+            "checkpoint-algo-1-e0009-s0000000.params": (folder / earlier[1]).read_bytes()}
+    for name, content in torn.items():
+        (folder / name).write_bytes(content)
+
+    # Stopped in epoch 2: 6000 images at batch 64 make 93 steps an epoch.
+    stopped, before = stop_with_sigterm(base, at="progress: epoch 2/2 step ")
+    assert stopped.returncode == 143, stopped
+    assert "at epoch 2 step" in stopped.failure.splitlines()[0], stopped
+    set_aside = [line for line in stopped.lines if "WARNING" in line and "set aside" in line]
+    assert any("e0009" in line and "corrupt" in line for line in set_aside), stopped
+    assert any("e0008" in line and "corrupt" in line for line in set_aside), stopped
+    assert any("e0002" in line and "other settings: " in line and "batch_size 128 (this job: 64)" in line
+               for line in set_aside), stopped
+    assert all("which SageMaker uploads to S3" in line for line in set_aside), set_aside
+    own = checkpoint_files(folder)
+    assert own[:2] == ["checkpoint-algo-1-e0001-s0000000.json", "checkpoint-algo-1-e0001-s0000000.params"], own
+    assert len(own) == 4 and re.match(r"checkpoint-algo-1-e0001-s00000\d\d\.json$", own[2]), own
+    # Nothing of the earlier runs was deleted: it waits in set-aside/, which SageMaker uploads too.
+    assert sorted(p.name for p in (folder / "set-aside").iterdir()) == sorted([*earlier, *torn])
+
+    (base / "output" / "failure").unlink()
+    resumed = train(base)
+    assert resumed.returncode == 0, resumed
+    assert any(re.fullmatch(r"resumed from epoch 1 step [1-9]\d*", line) for line in resumed.lines), resumed
+    assert [line.split(";")[0] for line in metric_lines(resumed)] == ["epoch=2"]
+    assert not any("set aside" in line for line in resumed.lines), resumed
+    assert resumed.json("output/data/metrics.json")["test_accuracy"] >= MLP_FLOOR
 
 
 # -- failures -------------------------------------------------------------------------------------------

@@ -28,6 +28,12 @@ HEARTBEAT_INTERVAL = 2.0
 RUNNING, DONE = b"R", b"D"  # what a host's heartbeat port answers
 _PR_SET_PDEATHSIG = 1
 
+# kvstore keys: every worker exchanges the same thing under the same key.
+WEIGHTS_KEY = 0  # rank 0's initial weights, pulled by every worker (loop.Trainer)
+GRADIENTS_KEY = 1  # each step's gradients, pushed by every worker and pulled back summed (loop.Trainer)
+RESUME_KEY = 98  # the position every host resumes from (checkpoints.Store.resume)
+STEPS_KEY = 99  # the steps per epoch every host runs
+
 
 def resolve(hosts: list[str], timeout: float) -> dict[str, str]:
     """Every host's address; SageMaker's DNS entries can lag the containers' start, so retry."""
@@ -222,8 +228,8 @@ class Watchdog:
             self.on_failure(reason)
 
 
-def agree_min(kvstore, value: int, key: int = 99) -> int:
-    """The smallest `value` over all workers (every worker must run the same number of steps)."""
+def agree_min(kvstore, key: int, value: int) -> int:
+    """The smallest `value` over all workers, exchanged under `key` (each agreement has its own)."""
     import mxnet as mx
 
     slots = mx.nd.zeros(kvstore.num_workers)

@@ -10,6 +10,7 @@ are one op per epoch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -185,6 +186,11 @@ class _EpochFeeder:
             # Without augmentation the scaled images never change: scale once, then gather each epoch.
             self.scaled = None if augment else train.images.astype(np.float32) * np.float32(1 / 255)
 
+    @staticmethod
+    def step(views: list[tuple[Any, Any]], i: int) -> list[tuple[Any, Any]]:
+        """Step `i`'s batch on every device, from what epoch() returned."""
+        return [(x[i][d], y[i][d]) for d, (x, y) in enumerate(views)]
+
     def epoch(self, rng: np.random.RandomState) -> list[tuple[Any, Any]]:
         """Per device, (images, labels) indexed [step][device]: numpy on the host path, NDArrays else."""
         order = rng.permutation(len(self.train))[: self.count]
@@ -223,7 +229,6 @@ class Trainer:
                         "images per step, a global batch of %d", hps.batch_size, len(contexts), workers,
                         self.device_batch, self.global_batch)
         mx.random.seed(hps.seed)
-        np.random.seed(hps.seed)
         self.net = models.build(hps.model, num_classes, input_shape, hps.hidden_units)
         self.net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=mx.cpu())
         self.net(mx.nd.zeros((1, *input_shape)))  # completes deferred shape inference
@@ -248,11 +253,10 @@ class Trainer:
         for name, _, start, end in self.layout:
             main.weights[start:end] = params[name].data().reshape(-1).as_in_context(main.ctx)
         if kvstore is not None:
-            # Rank 0's initial weights win (kvstore init keeps the first worker's value); gradients
-            # travel under key 1 and come back summed over every worker.
-            kvstore.init(0, main.weights)
-            kvstore.pull(0, out=main.weights)
-            kvstore.init(1, mx.nd.zeros(self.num_params, ctx=main.ctx))
+            # Rank 0's initial weights win (kvstore init keeps the first worker's value).
+            kvstore.init(distributed.WEIGHTS_KEY, main.weights)
+            kvstore.pull(distributed.WEIGHTS_KEY, out=main.weights)
+            kvstore.init(distributed.GRADIENTS_KEY, mx.nd.zeros(self.num_params, ctx=main.ctx))
         self._broadcast()
         self.optimizer = Optimizer(hps, main.weights, rescale=1.0 / self.global_batch, host=self.host)
         self.updates = 0
@@ -272,7 +276,8 @@ class Trainer:
         arrays.update({f"aux:{k}": v for k, v in main.aux.items()})
         return arrays
 
-    def load_state(self, arrays: dict[str, mx.nd.NDArray]) -> None:
+    def load_state(self, arrays: dict[str, mx.nd.NDArray], updates: int) -> None:
+        self.updates = updates
         main = self.replicas[0]
         arrays["weights"].copyto(main.weights)
         for i, s in enumerate(self.optimizer.states):
@@ -289,6 +294,16 @@ class Trainer:
         return self.logits, args, aux
 
     # -- one step ---------------------------------------------------------------------------------
+    def reset_stats(self) -> None:
+        for r in self.replicas:
+            r.stats[:] = 0
+
+    def train_stats(self, steps: int) -> tuple[float, float]:
+        """Mean loss and accuracy over the last `steps` steps' images (since reset_stats), every device's."""
+        loss, correct = sum(r.stats.asnumpy() for r in self.replicas)
+        seen = max(1, steps * self.host_batch)
+        return float(loss / seen), float(correct / seen)
+
     def step(self, batches: list[tuple[mx.nd.NDArray, mx.nd.NDArray]], lr: float) -> None:
         for replica, (x, y) in zip(self.replicas, batches):
             replica.step(x, y)
@@ -299,8 +314,8 @@ class Trainer:
             else:
                 main.grads += r.grads.as_in_context(main.ctx)
         if self.kvstore is not None:
-            self.kvstore.push(1, main.grads)
-            self.kvstore.pull(1, out=main.grads)
+            self.kvstore.push(distributed.GRADIENTS_KEY, main.grads)
+            self.kvstore.pull(distributed.GRADIENTS_KEY, out=main.grads)
         self.updates += 1
         self.optimizer.update(main.grads, lr, self.updates, main.host_grads if self.host else None)
         self._broadcast()
@@ -334,82 +349,85 @@ class Trainer:
         return loss, float((pred == labels).mean()), pred
 
 
+def steps_per_epoch(records: int, host_batch: int, kvstore: Any = None) -> int:
+    """Whole batches in this host's records; with several hosts the fewest of any host's, because
+    dist_sync hangs when workers run different numbers of steps (apache/mxnet#7888)."""
+    steps = records // host_batch
+    if kvstore is not None:
+        steps = distributed.agree_min(kvstore, distributed.STEPS_KEY, steps)
+    if steps == 0:
+        raise TrainingError(f"{records} training records are fewer than one batch of {host_batch}")
+    return steps
+
+
+def checkpoint_settings(hps: Hyperparameters, trainer: Trainer, steps: int) -> dict[str, Any]:
+    """What a checkpoint must share with this job to be resumed from: its arrays and positions mean the same."""
+    return {"model": hps.model, "num_params": trainer.num_params, "steps_per_epoch": steps,
+            "batch_size": hps.batch_size, "optimizer": hps.optimizer}
+
+
+def resume(trainer: Trainer, store: checkpoints.Store, steps: int,
+           kvstore: Any = None) -> checkpoints.Checkpoint | None:
+    """The newest checkpoint every host can resume from, loaded into `trainer`; None to start afresh."""
+    agree = None if kvstore is None else functools.partial(distributed.agree_min, kvstore, distributed.RESUME_KEY)
+    ckpt = store.resume(steps, agree)
+    if ckpt is not None:
+        trainer.load_state(ckpt.arrays, ckpt.updates)
+    return ckpt
+
+
+def save(store: checkpoints.Store | None, trainer: Trainer, position: checkpoints.Position,
+         history: list[dict[str, float]]) -> None:
+    """A checkpoint of `trainer` at `position`, when checkpoints are kept."""
+    if store is not None:
+        store.save(checkpoints.Checkpoint(epoch=position.epoch, step=position.step, updates=trainer.updates,
+                                          arrays=trainer.state_arrays(), info={"history": history}))
+
+
 def fit(hps: Hyperparameters, train: Dataset, val: Dataset, contexts: list[mx.Context], *,
         naive_engine: bool = False, kvstore: Any = None, checkpoint_dir: Any = None, host: str = "algo-1",
         should_stop: Callable[[], bool] = lambda: False, emit: Callable[[str], None] = print) -> tuple[Trainer, Result]:
     """Train, printing one metric line per epoch; resume from and write checkpoints when a folder is given.
     `naive_engine`: MXNet runs under the NaiveEngine (runtime.Runtime), which lets CPU devices take the host path."""
     trainer = Trainer(hps, train.input_shape, len(train.classes), contexts, kvstore, naive_engine)
-    steps = len(train) // trainer.host_batch
-    if kvstore is not None:
-        # dist_sync hangs when workers run different numbers of steps (apache/mxnet#7888).
-        steps = distributed.agree_min(kvstore, steps)
-    if steps == 0:
-        raise TrainingError(f"{len(train)} training records are fewer than one batch of {trainer.host_batch}")
+    steps = steps_per_epoch(len(train), trainer.host_batch, kvstore)
     total = steps * hps.epochs
     result = Result()
-    identity = {"model": hps.model, "num_params": trainer.num_params, "steps_per_epoch": steps,
-                "batch_size": hps.batch_size, "optimizer": hps.optimizer}
-    start_epoch, start_step = 0, 0
+    start, store = checkpoints.Position(0, 0), None
     if checkpoint_dir is not None:
-        ckpt = checkpoints.load_latest(checkpoint_dir, host, identity)
-        if kvstore is not None:
-            # Every host must resume at the same position: the oldest newest checkpoint among them, or the
-            # start when any host has none (a replaced instance, a cleared folder).
-            mine = ckpt.epoch * steps + ckpt.step if ckpt else 0
-            agreed = distributed.agree_min(kvstore, mine, key=98)
-            if agreed == 0:
-                ckpt = None
-            elif agreed != mine:
-                ckpt = checkpoints.load_latest(checkpoint_dir, host, identity, at_most=divmod(agreed, steps))
-                if ckpt is None or ckpt.epoch * steps + ckpt.step != agreed:
-                    raise TrainingError(f"{host} has no checkpoint at the position the other hosts resume from "
-                                        f"(epoch {agreed // steps} step {agreed % steps}); clear the checkpoints")
+        store = checkpoints.Store(checkpoint_dir, host, checkpoint_settings(hps, trainer, steps))
+        ckpt = resume(trainer, store, steps, kvstore)
         if ckpt is not None:
-            trainer.load_state(ckpt.arrays)
-            trainer.updates = ckpt.updates
-            start_epoch, start_step = ckpt.epoch, ckpt.step
-            result.history = list(ckpt.info.get("history", []))
-            emit(f"resumed from epoch {start_epoch} step {start_step}")
-
-    def save(epoch: int, step: int) -> None:
-        if checkpoint_dir is None:
-            return
-        checkpoints.save(checkpoint_dir, host, checkpoints.Checkpoint(
-            epoch=epoch, step=step, updates=trainer.updates, arrays=trainer.state_arrays(),
-            info={**identity, "history": result.history}))
+            start, result.history = ckpt.position, list(ckpt.info.get("history", []))
+            emit(f"resumed from {start}")
 
     val_x, _ = to_device(val, contexts[0])
     feeder = _EpochFeeder(train, contexts, steps, trainer.device_batch, trainer.host,
                           augment=hps.augment and hps.model == "cnn")
-    for epoch in range(start_epoch, hps.epochs):
-        views = feeder.epoch(np.random.RandomState(hps.seed * 1000 + epoch))
-        for r in trainer.replicas:
-            r.stats[:] = 0
-        first = start_step if epoch == start_epoch else 0
+    for epoch in range(start.epoch, hps.epochs):
+        first = start.step if epoch == start.epoch else 0
+        batches = feeder.epoch(np.random.RandomState(hps.seed * 1000 + epoch))
+        trainer.reset_stats()
         tic = time.perf_counter()
         for i in range(first, steps):
             if should_stop():
                 mx.nd.waitall()
-                save(epoch, i)
+                save(store, trainer, checkpoints.Position(epoch, i), result.history)
                 raise Stopped(f"stopped by SIGTERM at epoch {epoch + 1} step {i}/{steps}; checkpoint written")
-            t = epoch * steps + i
-            lr = learning_rate(hps, t, total)
-            trainer.step([(xv[i][d], yv[i][d]) for d, (xv, yv) in enumerate(views)], lr)
+            lr = learning_rate(hps, epoch * steps + i, total)
+            trainer.step(feeder.step(batches, i), lr)
             if hps.log_interval and (i + 1) % hps.log_interval == 0:
-                s = sum(r.stats.asnumpy() for r in trainer.replicas)
-                seen = (i + 1 - first) * trainer.host_batch
+                loss, accuracy = trainer.train_stats(i + 1 - first)
                 emit(f"progress: epoch {epoch + 1}/{hps.epochs} step {i + 1}/{steps} "
-                     f"loss {s[0] / seen:.4f} accuracy {s[1] / seen:.4f} lr {lr:.5f}")
+                     f"loss {loss:.4f} accuracy {accuracy:.4f} lr {lr:.5f}")
         mx.nd.waitall()
         elapsed = time.perf_counter() - tic
-        s = sum(r.stats.asnumpy() for r in trainer.replicas)
-        seen = max(1, (steps - first) * trainer.host_batch)
-        val_loss, val_acc, result.predictions = trainer.evaluate(val_x, val.labels)
-        values = {"epoch": epoch + 1, "train_loss": float(s[0] / seen), "train_accuracy": float(s[1] / seen),
-                  "validation_loss": val_loss, "validation_accuracy": val_acc,
-                  "images_per_sec": seen / max(elapsed, 1e-9)}
+        loss, accuracy = trainer.train_stats(steps - first)
+        val_loss, val_accuracy, result.predictions = trainer.evaluate(val_x, val.labels)
+        values = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
+                  "validation_loss": val_loss, "validation_accuracy": val_accuracy,
+                  "images_per_sec": max(1, (steps - first) * trainer.host_batch) / max(elapsed, 1e-9)}
         result.history.append(values)
         emit(metrics.format_line(values, host if kvstore is not None else None))
-        save(epoch + 1, 0)
+        save(store, trainer, checkpoints.Position(epoch + 1, 0), result.history)
     return trainer, result
