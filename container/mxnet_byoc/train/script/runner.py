@@ -254,12 +254,12 @@ def _run(base: Path, joined: list[mpi.Job]) -> int:
         cmd = command(env, code_dir)
         for folder in (paths.model, paths.output_data):  # SageMaker creates them; `docker run` may not
             folder.mkdir(parents=True, exist_ok=True)
-        variables = _script_environment(env, code_dir)
         launch = process.ScriptProcess
         if env.parameter_server:
             cluster = _Cluster(env)
             cluster.start(on_failure=lambda reason: script.abort(reason) if script else None)
-        elif mpi.requested(env):
+        variables = _script_environment(env, code_dir)  # with the DMLC_* worker variables cluster.start() set
+        if mpi.requested(env):  # never with the parameter server (refuse_unsupported_distribution)
             job = mpi.Job(mpi.Settings.from_env(env))
             joined.append(job)
             if not job.is_master:
