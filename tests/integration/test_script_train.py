@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 
 from devkit import jobs, project, sourcedir
 from devkit.net import free_port_pair
+from devkit.waiting import wait_until
 
 EXAMPLES = project.ROOT / "examples" / "script-mode"
 
@@ -357,49 +359,65 @@ def test_the_parameter_server_joins_two_hosts_scripts_in_one_dist_sync_cluster(t
 
 @pytest.mark.slow
 def test_hosts_wait_for_each_other_then_all_end(tmp_path):
-    # The first host saves its model for a while after the others are done (SDK local mode stops every
-    # container as soon as one exits): the others wait for it, and then every host ends.
-    script = DIST_SCRIPT + textwrap.indent(textwrap.dedent("""
+    # The first host's script goes on after the others' have ended (saving its model, say; SDK local mode
+    # stops every container as soon as one exits): the others wait for it, and then every host ends. The
+    # first script ends only when the test lets it, once the second host is seen waiting.
+    release = tmp_path / "release-the-first-host"
+    script = DIST_SCRIPT + textwrap.indent(textwrap.dedent(f"""
         import time
+        del kv  # leaves the cluster now (ps-lite's shutdown waits for every worker): the rest is this host's
         if os.environ["SM_CURRENT_HOST"] == json.loads(os.environ["SM_HOSTS"])[0]:
-            time.sleep(4)
-        print(f"script ended at {time.time()}", flush=True)
+            while not os.path.exists({str(release)!r}):
+                time.sleep(0.05)
     """), "    ")
     bases = _hosts(tmp_path, script, free_port_pair(HOSTS))
-    logs = [open(tmp_path / f"{host}.log", "w+") for host in HOSTS]
-    procs = [subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(b), stdout=log,
-                              stderr=subprocess.STDOUT, text=True) for b, log in zip(bases, logs)]
-    ended: dict[str, float] = {}
+    logs = [tmp_path / f"{host}.log" for host in HOSTS]
+    procs = []
     try:
-        deadline = time.monotonic() + 240
-        while len(ended) < len(HOSTS) and time.monotonic() < deadline:
-            for host, proc in zip(HOSTS, procs):
-                if host not in ended and proc.poll() is not None:
-                    ended[host] = time.time()
-            time.sleep(0.05)
+        for base, log in zip(bases, logs):
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(base),
+                                              stdout=out, stderr=subprocess.STDOUT, text=True))
+        ended: dict[int, float] = {}  # when each `train` ended, as a thread waiting on it saw it
+
+        def note_the_end(i: int) -> None:
+            procs[i].wait()
+            ended[i] = time.monotonic()
+
+        watchers = [threading.Thread(target=note_the_end, args=(i,), daemon=True) for i in range(len(procs))]
+        for watcher in watchers:
+            watcher.start()
+        wait_until(lambda: "waiting for the other hosts' scripts to end" in logs[1].read_text(), timeout=240,
+                   what="the second host to wait for the first", process=procs[1], details=logs[1].read_text)
+        released = time.monotonic()
+        release.touch()
+        for watcher in watchers:
+            watcher.join(120)
     finally:
         for p in procs:
             p.kill()
-    outputs = [(tmp_path / f"{host}.log").read_text() for host in HOSTS]
-    for proc, out in zip(procs, outputs):
+    for proc, log in zip(procs, logs):
+        out = log.read_text()
         assert proc.returncode == 0, out
         assert "waiting for the other hosts' scripts to end" in out, out
-    first_script_ended = float(outputs[0].split("script ended at ")[1].split()[0])
-    assert ended[HOSTS[1]] >= first_script_ended, (ended, first_script_ended)
+    # The second host's script was done long before, but its `train` ended only after the first's script.
+    assert ended[1] > released, (ended, released)
 
 
 @pytest.mark.slow
 def test_a_dead_peer_fails_the_survivors_script_instead_of_hanging(tmp_path):
-    script = DIST_SCRIPT.replace("    print(", "    import time\n    time.sleep(3600)\n    print(")
+    # After one exchange through the cluster each script stays in it, as a long training would.
+    script = DIST_SCRIPT.replace("    print(", "    print('in the cluster', flush=True)\n    import time\n"
+                                             "    time.sleep(3600)\n    print(", 1)
     bases = _hosts(tmp_path, script, free_port_pair(HOSTS), _peer_timeout="6")
     procs = [subprocess.Popen([sys.executable, str(project.TRAIN)], env=jobs.train_env(b), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for b in bases]
     try:
-        # Once the second host's script is in MXNet, kill that host as a lost instance would vanish.
+        # Once the second host's script has been through the cluster, kill that host as a lost instance would
+        # vanish.
         seen: list[str] = []
-        assert any("running the user's script" in line for line in procs[1].stdout if not seen.append(line)), \
+        assert any(line.strip() == "in the cluster" for line in procs[1].stdout if not seen.append(line)), \
             "".join(seen)
-        time.sleep(5)
         procs[1].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         out, _ = procs[0].communicate(timeout=90)

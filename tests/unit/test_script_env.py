@@ -4,6 +4,7 @@ the failure reason read from the script's stderr."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -214,7 +215,20 @@ def test_without_a_traceback_the_last_line_counts():
     assert process.last_error("") == ("", "")
 
 
-def test_hosts_that_never_resolve_are_the_reason(tmp_path, monkeypatch):
+@pytest.fixture
+def run_in_process():
+    """runner.run, as `train` calls it, in this process: it takes SIGTERM and SIGINT over and may set
+    variables, as in `train`; both are put back afterwards."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    environ = dict(os.environ)
+    yield runner.run
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def test_hosts_that_never_resolve_are_the_reason(tmp_path, monkeypatch, run_in_process):
     from mxnet_byoc.train import distributed
     from mxnet_byoc.train.environment import TrainingError
 
@@ -228,29 +242,19 @@ def test_hosts_that_never_resolve_are_the_reason(tmp_path, monkeypatch):
     base = job(tmp_path / "ml", {"sagemaker_program": "train.py", "sagemaker_submit_directory": str(code),
                                  "sagemaker_parameter_server_enabled": "true"},
                {"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]})
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert runner.run(base) == runner.EXIT_FAILED  # it takes SIGTERM and SIGINT over, as `train` does
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert run_in_process(base) == runner.EXIT_FAILED
     assert (base / "output" / "failure").read_text().startswith("hosts ['algo-2'] did not resolve within 900 s")
     assert not (code / "ran").exists()
 
 
 @pytest.mark.parametrize("switch", ["sagemaker_distributed_dataparallel_enabled"])
-def test_a_distribution_the_image_lacks_fails_the_job_before_the_script_runs(tmp_path, switch):
+def test_a_distribution_the_image_lacks_fails_the_job_before_the_script_runs(tmp_path, switch, run_in_process):
     code = tmp_path / "code"
     code.mkdir()
     (code / "train.py").write_text("open('ran', 'w')\n")
     base = job(tmp_path / "ml", {"sagemaker_program": "train.py", "sagemaker_submit_directory": str(code),
                                  switch: "true"})
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert runner.run(base) == runner.EXIT_FAILED
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert run_in_process(base) == runner.EXIT_FAILED
     reason = (base / "output" / "failure").read_text()
     assert reason.startswith(f"{switch}: ") and "parameter server" in reason
     assert not (code / "ran").exists()
