@@ -3,7 +3,8 @@
 Only valid under MXNet's NaiveEngine on CPU contexts: there every MXNet call has finished when it
 returns, so numpy and BLAS may read and write an array's memory between calls without racing the
 engine. In return, a step's small operations (copying a batch, summing statistics, the SGD update)
-cost microseconds instead of MXNet's 25-250 us per elementwise op on this class of machine.
+are a numpy or BLAS call each instead of an MXNet op pushed through the engine: on a small network these
+dominate the step (the training bench's throughput mode, bench/train_bench.py, measures the loop as a whole).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ _BLAS = _load_blas()
 
 def axpby(alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> None:
     """y = alpha * x + beta * y, in place. OpenBLAS's saxpy is vectorised and threaded where its saxpby
-    is not (6x slower measured here), so this is sscal (when beta != 1) followed by saxpy."""
+    is not, so this is sscal (when beta != 1) followed by saxpy."""
     if _BLAS is not None:
         if beta != 1.0:
             _BLAS.cblas_sscal(y.size, beta, y.ctypes.data, 1)

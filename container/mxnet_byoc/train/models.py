@@ -22,9 +22,9 @@ class MLP(gluon.HybridBlock):
 class CNN(gluon.HybridBlock):
     """16c5-BN-pool, 32c5-BN-pool, Dense 128: batch norm and early pooling buy accuracy per CPU second.
 
-    Unpadded 5x5 convolutions (28 -> 24 -> 12 -> 8 -> 4 on MNIST) cost 2.7x less than padded ones for the
-    same accuracy; images under 16 pixels a side get padding so that something is left to pool. The dense
-    layer's width is inferred from the data's shape.
+    Unpadded 5x5 convolutions (28 -> 24 -> 12 -> 8 -> 4 on MNIST) leave smaller maps, so fewer multiply-adds
+    than padded ones, for the same accuracy; images under 16 pixels a side get padding so that something is
+    left to pool. The dense layer's width is inferred from the data's shape.
     """
 
     def __init__(self, num_classes: int, input_shape: tuple[int, ...] = (1, 28, 28), **kwargs):

@@ -113,9 +113,9 @@ def resolve(hps: Hyperparameters, distributed: bool, environ: Mapping[str, str] 
     # On the CPU a small network's step is mostly framework overhead; the naive (synchronous) engine cuts it.
     # GPUs and parameter servers need the threaded engine's asynchrony. A caller's own choice stands.
     engine = environ.get(ENGINE) or (NAIVE if not wants_gpu and not distributed else None)
-    # Every core: a training instance is not shared (2 threads ran the cnn 1.8x and the mlp 1.5x faster than
-    # one here). Where other busy processes share the cores, OpenMP's spinning barriers make that 2-8x
-    # SLOWER than one thread: set OMP_NUM_THREADS=1 there (README, "Devices").
+    # Every core: a training instance is not shared, and the cnn's and the mlp's ops shorten with more threads
+    # (the training bench runs this default). Where other busy processes share the cores, OpenMP's spinning
+    # barriers make several threads SLOWER than one: set OMP_NUM_THREADS=1 there (README, "Devices").
     threads = environ.get(THREADS) or str(len(os.sched_getaffinity(0)))
     return Runtime(devices, source, engine, threads)
 
