@@ -137,7 +137,7 @@ def test_a_host_failing_alone_leaves_at_once_and_its_peer_fails_too(tmp_path, ch
     bases = _cluster(tmp_path, [channels, broken], port, epochs="50")
     procs = [jobs.start_train(b) for b in bases]
     try:
-        # Bounded generously: before, the failed host hung for ever in ps-lite's shutdown, waiting for its peer.
+        # Bounded generously: left to ps-lite's shutdown, the failed host would wait for its peer for ever.
         out, _ = procs[1].communicate(timeout=120)
         survivor, _ = procs[0].communicate(timeout=120)
     finally:

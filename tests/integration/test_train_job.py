@@ -1,7 +1,7 @@
 """`container/train` as SageMaker runs it: a real process against a temporary $SAGEMAKER_BASE_DIR.
 
-Runs use subsets of the real MNIST (6000 training, 1000 test images) and mostly the mlp, so the whole
-file takes 1.5 minutes on a quiet 2-core machine; the full-data accuracy targets are the benchmark's business (bench/).
+Runs use subsets of the real MNIST (6000 training, 1000 test images) and mostly the mlp, so that the file stays
+quick; the full-data accuracy targets are the benchmark's business (bench/train_bench.py).
 """
 
 from __future__ import annotations

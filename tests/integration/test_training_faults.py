@@ -1,4 +1,4 @@
-"""Training under faults (issue 7): killed mid-epoch, a full disk, a read-only checkpoint folder, one bad file.
+"""Training under faults: killed mid-epoch, a full disk, a read-only checkpoint folder, one bad file.
 
 Mounting tmpfs and read-only binds needs root, as the tests and CI run here.
 """
