@@ -20,6 +20,7 @@ from .rig import Bench, wrk_command, wrk_result
 STAGES = [  # (stage, the end of the frame's file path, its function names or None for any)
     ("idle", "/gunicorn/workers/sync.py", {"SyncWorker.wait"}),  # gunicorn's worker (the plain endpoint)
     ("idle", "/serve/worker.py", {"SyncWorker.wait_for_work"}),
+    ("predict (forward pass)", "/serve/cpredict.py", None),
     ("predict (forward pass)", "/serve/network.py", None),
     ("user script: MXNet's Python (NDArray, Gluon)", "/mxnet/", None),  # the built-in path has no such frame
     ("user script: its own lines, json, numpy", "/inference.py", None),
