@@ -3,9 +3,9 @@ ways of serving a model use: the built-in digit models (network.py) and AWS's de
 in MXNet's layout (rawnet.py).
 
 Why the C API, not the mxnet Python package: importing the package adds to every worker's start-up time and
-memory, and a Gluon block called per request spends more time in MXNet's Python than the network does (the
-serving bench serves the same mlp both ways, built in and through a user's transform_fn, and profiles where
-each request's CPU goes).
+memory, and a Gluon block called per request spends more time in MXNet's Python than the network does
+(bench/serve_bench.py --mode one-image,aws serves the same mlp both ways: built in, and as a Gluon block in a
+user's transform_fn).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Predictor:
         lib, key, in_bytes, out_bytes = self._lib, self._key, self._in_bytes, self._out_bytes
         done = 0
         # Written for the one-image request, where Python's share of the time is largest: no helper calls
-        # (the serving bench's profile of a one-image request measures it as its `predict (forward pass)` stage).
+        # (bench/serve_bench.py --mode one-image: the `predict (forward pass)` stage of where a worker's CPU goes).
         with self._lock:
             for size, handle, in_size, out_size in self._chunks:
                 while count - done >= size:

@@ -2,8 +2,8 @@
 
 Serving one image must be cheap and a batch must use the CPU well, so the network is bound at a few batch
 sizes (1, 8, 32, 128) and a batch is cut greedily into chunks of those sizes. Why no larger size: on one
-thread, larger chunks cost the cnn more per image and each worker more memory, and gain the mlp little (the
-`forward` stage of bench/serve_bench.py's 1,000-image batch, run with other BATCH_SIZES).
+thread, larger chunks cost the cnn more per image and each worker more memory, and gain the mlp little
+(bench/serve_bench.py --mode batch: `forward` in where a uint8 batch's CPU goes, run with other BATCH_SIZES).
 """
 
 from __future__ import annotations
