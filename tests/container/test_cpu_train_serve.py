@@ -84,8 +84,8 @@ def _serve_processes_with_jemalloc(container: str) -> dict[str, bool]:
 
 
 def test_serve_runs_its_master_and_workers_on_jemalloc(cpu_image: str, cpu_trained: TrainedJob) -> None:
-    # The image ships jemalloc and `serve` preloads it (mxnet_byoc/serve/allocator.py; bench/allocator_bench.py
-    # has the figures).
+    # The image ships jemalloc and `serve` preloads it (mxnet_byoc/serve/allocator.py; `bench/serve_bench.py
+    # --mode allocator` measures it).
     two_workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     with serving(cpu_image, cpu_trained.model_dir, env=two_workers) as server:
         found = _serve_processes_with_jemalloc(server.name)
@@ -108,7 +108,7 @@ def test_docker_stop_ends_serve_cleanly(cpu_image: str, cpu_trained: TrainedJob)
 
 
 def test_serve_runs_as_a_non_root_user(cpu_image: str, cpu_trained: TrainedJob, mnist_dir: Path) -> None:
-    # SageMaker runs containers as root; the image must not depend on it (issue 7).
+    # SageMaker runs containers as root; the image must not depend on it.
     image, _ = mnist_arrays(mnist_dir, "test", 5)
     with serving(cpu_image, cpu_trained.model_dir, user="65534:65534") as server:
         r = requests.post(server.url("/invocations"), data=npy(image),

@@ -80,3 +80,26 @@ def test_performance_lists_each_section_with_its_run_figures_and_verdicts(result
 def test_without_results_the_parts_say_how_to_make_them(results):
     assert "make bench" in generated_docs.performance()
     assert "make bench" in generated_docs.performance_summary()
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_docs_reach_a_file_and_a_heading(repo_root):
+    pages = [repo_root / "README.md", *sorted((repo_root / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name} links to {target}, which does not exist"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+                assert anchor in {slug(h) for h in headings}, f"{page.name} links to {target}: no such heading"
+
+
+def test_the_readme_stays_short(repo_root):
+    assert len((repo_root / "README.md").read_text().splitlines()) <= 400

@@ -1,5 +1,5 @@
-"""README.md's script-mode section shows the example scripts the tests run, word for word, and the
-SM_* variables it lists are ones script mode sets."""
+"""docs/script-mode.md shows the example scripts the tests run, word for word, and the SM_* variables it lists
+are ones script mode sets."""
 
 import re
 
@@ -8,24 +8,24 @@ import pytest
 EXAMPLES = ("gluon", "module")
 
 
-def section(repo_root) -> str:
-    readme = (repo_root / "README.md").read_text()
-    assert "<!-- section: script-mode" in readme, "README.md lacks the script-mode section"
-    return readme.split("<!-- section: script-mode")[1].split("<!-- /section: script-mode")[0]
+def training_part(repo_root) -> str:
+    text = (repo_root / "docs" / "script-mode.md").read_text()
+    assert "## Your training script" in text, "docs/script-mode.md lacks its training part"
+    return text.split("## Your training script")[1].split("## Your inference code")[0]
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_the_readme_shows_each_example_script_as_it_is(repo_root, example):
+def test_the_docs_show_each_example_script_as_it_is(repo_root, example):
     path = f"examples/script-mode/{example}/train.py"
-    block = re.search(rf"`{re.escape(path)}`:?\s*\n+```python\n(.*?)```", section(repo_root), re.S)
-    assert block, f"the script-mode section does not show {path}"
+    block = re.search(rf"`{re.escape(path)}`:?\s*\n+```python\n(.*?)```", training_part(repo_root), re.S)
+    assert block, f"docs/script-mode.md does not show {path}"
     assert block.group(1) == (repo_root / path).read_text()
 
 
-def test_the_variables_the_readme_lists_are_set(repo_root, tmp_path):
+def test_the_variables_the_docs_list_are_set(repo_root, tmp_path):
     from mxnet_byoc.train.script import smenv
 
-    listed = set(re.findall(r"`(SM_[A-Z_]+)(?:<[A-Z]+>)?`", section(repo_root)))
+    listed = set(re.findall(r"`(SM_[A-Z_]+)(?:<[A-Z]+>)?`", training_part(repo_root)))
     assert len(listed) >= 20, listed
     base = tmp_path / "ml"
     (base / "input" / "config").mkdir(parents=True)

@@ -1,9 +1,9 @@
 """The memory allocator of `serve`'s processes: jemalloc in place of glibc's malloc, when the machine has it.
 
 Why: a request allocates and frees many small objects (JSON, numpy and NDArray headers, MXNet's operator
-state), which jemalloc's per-thread caches make cheaper than glibc's malloc: 3-7% less CPU per one-image request,
-and after a large batch it keeps 3-20 MiB per worker more than glibc (bench/allocator_bench.py prints both, and
-tcmalloc's: a little faster, but it kept 50-185 MiB of a 94 MB batch per worker for good). MXNet's build has an
+state), which jemalloc's per-thread caches make cheaper than glibc's malloc, while it keeps about as much of a large
+batch's memory as glibc does (`bench/serve_bench.py --mode allocator` measures both against glibc's malloc and
+tcmalloc, which is a little faster but keeps much of a large batch per worker for good). MXNet's build has an
 option to link either (USE_JEMALLOC, USE_GPERFTOOLS); the wheels on PyPI link neither. The images install
 libjemalloc2.
 
