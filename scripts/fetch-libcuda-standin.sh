@@ -41,6 +41,7 @@ devices() {
     tmp=$(mktemp -d)
     mkdir -p "$folder"
     cc -shared -o "$tmp/libcuda-debian.so.1" -Wl,-soname,libcuda-debian.so.1 -x c /dev/null
+    # shellcheck disable=SC2016  # $ORIGIN is the loader's, not the shell's: it must reach the linker as written
     cc -shared -fPIC -O2 -Wall -Werror -o "$tmp/libcuda.so.1" -Wl,-soname,libcuda.so.1 "$src" \
         -Wl,--no-as-needed -L"$tmp" -l:libcuda-debian.so.1 -Wl,-rpath,'$ORIGIN' -ldl
     cp "$real" "$folder/libcuda-debian.so.1"
