@@ -36,12 +36,8 @@ class Figure:
         parts = [self.ours] + ([self.baseline] if self.baseline else [])
         if self.ratio is not None:
             parts.append(f"ratio {self.ratio:.3f}")
-        goal = f" [{self.target}] {verdict(self.met)}" if self.target else ""
+        goal = f" [{self.target}] {'met' if self.met else 'NOT met'}" if self.target else ""
         return f"  {self.what}: {', '.join(parts)}{goal}"
-
-
-def verdict(met: bool | None) -> str:
-    return "met" if met else "NOT met"
 
 
 def at_least(key: str, what: str, ours: str, baseline: str, ratio: float, target: float | None) -> Figure:
@@ -51,12 +47,12 @@ def at_least(key: str, what: str, ours: str, baseline: str, ratio: float, target
     return Figure(key, what, ours, baseline, ratio, f">= {target:.2f}", ratio >= target)
 
 
-def below(key: str, what: str, value: float, unit: str, limit: float | None, baseline: str = "") -> Figure:
+def below(key: str, what: str, value: float, unit: str, limit: float | None) -> Figure:
     """An absolute figure with `limit` as its ceiling (None: shown, no target)."""
     ours = f"{value:,.2f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
     if limit is None:
-        return Figure(key, what, ours, baseline)
-    return Figure(key, what, ours, baseline, target=f"< {limit:g} {unit}", met=value < limit)
+        return Figure(key, what, ours)
+    return Figure(key, what, ours, target=f"< {limit:g} {unit}", met=value < limit)
 
 
 @dataclass

@@ -91,7 +91,9 @@ def docker_run(image: str, base: Path, runner: str, name: str | None = None, det
         raise
 
 
-def startup(image: str, runner: str, runs: int) -> tuple[float, float]:
+def startup(image: str, runner: str, runs: int) -> tuple[float, float, dict]:
+    """Seconds from `docker run` to the script's first line and to its end (medians of `runs`), and what the
+    script saw: its arguments and SM_* variables."""
     firsts, totals = [], []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,16 +105,8 @@ def startup(image: str, runner: str, runs: int) -> tuple[float, float]:
             if done.returncode != 0 or line is None:
                 raise SystemExit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
             firsts.append(float(line.split()[1]) - started)
-    return statistics.median(firsts), statistics.median(totals)
-
-
-def seen(image: str, runner: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        base = job(Path(tmp), {"train.py": PRINT_ENV})
-        done = docker_run(image, base, runner)
-        if done.returncode != 0:
-            raise SystemExit(f"{runner} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        return json.loads((base / "output" / "data" / "seen.json").read_text())
+            seen = json.loads((base / "output" / "data" / "seen.json").read_text())
+    return statistics.median(firsts), statistics.median(totals), seen
 
 
 def ending(image: str, runner: str, case: str) -> str:
@@ -154,10 +148,10 @@ def run(bench: Any) -> list[Figure]:
     print(f"packages the toolkit adds: {', '.join(sorted(set(added) - ours))}")
     starts = {}
     for label, runner in RUNNERS.items():
-        first, total = starts[label] = startup(variant, runner, bench.args.runs)
+        first, total, _ = starts[label] = startup(variant, runner, bench.args.runs)
         print(f"start-up, {label}: docker run -> the script's first line {first:.2f} s, whole run {total:.2f} s "
               f"(median of {bench.args.runs})")
-    a, b = seen(variant, RUNNERS["ours"]), seen(variant, RUNNERS["toolkit"])
+    a, b = starts["ours"][2], starts["toolkit"][2]
     names = sorted(set(a["env"]) | set(b["env"]))
     differ = [n for n in names if a["env"].get(n) != b["env"].get(n)]
     print(f"SM_* variables: {len(names)} names, {len(names) - len(differ)} identical"
