@@ -116,16 +116,28 @@ def _check_member(member: tarfile.TarInfo, root: Path) -> None:
             raise tarfile.TarError(f"link {member.name!r} points outside the code folder ({member.linkname})")
 
 
-def install_requirements(code_dir: Path, python: str = sys.executable) -> bool:
-    """pip-install `requirements.txt` from the top of `code_dir`; False when there is none.
+def install_requirements(code_dir: Path, python: str = sys.executable, constraints: Path | None = None) -> bool:
+    """pip-install `requirements.txt` from the top of `code_dir`; False when there is none. `constraints`: a pip
+    constraints file that the installation must keep to (installed_constraints).
 
     pip's output streams to this process's stdout (the job's log) as it comes; its errors make the reason."""
     requirements = Path(code_dir) / REQUIREMENTS_FILE
     if not requirements.is_file():
         return False
     log.info("installing the packages in %s", requirements)
-    _pip(python, ["-r", REQUIREMENTS_FILE], code_dir, REQUIREMENTS_FILE)
+    extra = ["-c", str(constraints)] if constraints else []
+    _pip(python, ["-r", REQUIREMENTS_FILE, *extra], code_dir, REQUIREMENTS_FILE)
     return True
+
+
+def installed_constraints(path: Path) -> Path:
+    """A pip constraints file at `path` pinning every package installed now to its version: with it, a model's
+    requirements.txt may add packages but never change one that the server, or another model, already uses."""
+    from importlib import metadata
+
+    pins = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata['Name']})
+    path.write_text("\n".join(pins) + "\n")
+    return path
 
 
 def install_package(code_dir: Path, python: str = sys.executable) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,69 @@ def test_module_name_from_sagemaker_program():
     assert script.module_name("/home/me/project/serve_it.py") == "serve_it"  # SDK local mode sends the path
     assert script.module_name("entry") == "entry"
     assert script.module_name(None) == "inference"
+
+
+# A transform_fn that answers what `context` says about the request.
+CONTEXT_SCRIPT = """
+    def model_fn(model_dir):
+        return None
+
+
+    def transform_fn(model, body, content_type, accept, context):
+        headers = context.request_processor[0].get_request_properties()
+        return {
+            "custom": context.get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes"),
+            "as_mms_spells_it": headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+            "lower_case": headers["x-amzn-sagemaker-custom-attributes"],
+            "target": headers.get("X-Amzn-SageMaker-Target-Model"),
+            "other": headers.get("X-Trace-Id"),
+            "model_name": context.model_name,
+        }, "application/json"
+"""
+
+
+def test_the_requests_headers_reach_context_custom_attributes_included(tmp_path, aws_model):
+    handler = load(tmp_path, CONTEXT_SCRIPT, aws_model)
+    headers = {"x-amzn-sagemaker-custom-attributes": "trace=1,tenant=a", "x-amzn-sagemaker-target-model": "m.tar.gz",
+               "x-trace-id": "42"}
+    body, _ = handler.invoke(b"{}", JSON, JSON, headers)
+    assert json.loads(body) == {"custom": "trace=1,tenant=a", "as_mms_spells_it": "trace=1,tenant=a",
+                                "lower_case": "trace=1,tenant=a", "target": "m.tar.gz", "other": "42",
+                                "model_name": "model"}
+
+
+def test_an_entry_point_in_a_subfolder_is_found_there_with_its_neighbours(tmp_path, aws_model):
+    write_script(tmp_path / "code" / "src", "from helpers_beside import VALUE\n\n\ndef model_fn(d):\n"
+                                            "    return VALUE\n\n\ndef transform_fn(m, b, c, a):\n    return m\n",
+                 "entry_in_subfolder.py")
+    write_script(tmp_path / "code" / "src", "VALUE = 'found'\n", "helpers_beside.py")
+    code = UserCode(tmp_path / "code", "src/entry_in_subfolder.py", named=True)
+    assert code.path == tmp_path / "code" / "src" / "entry_in_subfolder.py" and code.module_name == "entry_in_subfolder"
+    try:
+        handler = script.load_script(code, aws_model, CPU, JSON)
+        assert handler.invoke(b"", "text/plain", None) == (b"found", JSON)
+    finally:
+        for folder in code.folders:
+            sys.path.remove(str(folder))
+        sys.modules.pop("entry_in_subfolder", None)
+        sys.modules.pop("helpers_beside", None)
+
+
+def test_a_missing_subfolder_entry_point_names_the_files_there_are(tmp_path, aws_model):
+    write_script(tmp_path / "code" / "src", "x = 1\n", "other.py")
+    code = UserCode(tmp_path / "code", "src/entry.py", named=True)
+    with pytest.raises(ScriptError, match=r"code/entry.py does not exist \(SAGEMAKER_PROGRAM names src/entry.py; "
+                                          r"Python files in .*: src/other.py\)"):
+        script.load_script(code, aws_model, CPU, JSON)
+
+
+def test_the_host_path_that_local_mode_sends_is_read_as_the_file_name(tmp_path):
+    code = UserCode(tmp_path / "code", "/home/me/project/serve_it.py", named=True)
+    assert code.path == tmp_path / "code" / "serve_it.py"
+
+
+def test_a_default_accept_the_default_output_fn_cannot_write_is_refused_at_load(tmp_path, regression):
+    with pytest.raises(ScriptError, match=r"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT=image/png: the default output_fn "
+                                          r"answers application/json, text/csv, application/x-npy; define output_fn"):
+        load(tmp_path, "def model_fn(d):\n    return None\n\ndef predict_fn(x, m):\n    return x\n", regression,
+             default_accept="image/png")

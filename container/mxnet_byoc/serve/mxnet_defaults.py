@@ -26,6 +26,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import orjson
 from .. import modeldir
 from . import codecs, rawnet
 from .device import Device
+from .handler import require_default_accept
 from .http_errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from .mediatypes import CSV, JSON, NPY, media_type
 
@@ -156,11 +158,15 @@ class DefaultHandler:
         self.network = network
         self.default_accept = default_accept
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
+               headers: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         kind = negotiate(accept, MODULE_TYPES, self.default_accept)
         array = decode(body, content_type, MODULE_TYPES)
         rows = rows_for(array, self.network.input_shape, media_type(content_type))
         return encode(self.network.forward(rows).tolist(), kind), kind
+
+    def close(self) -> None:
+        self.network.close()
 
     def __str__(self) -> str:
         network = self.network
@@ -170,6 +176,8 @@ class DefaultHandler:
 
 def load_default(model_dir: Path, device: Device, default_accept: str = JSON) -> DefaultHandler:
     """The network of `model_dir` in MXNet's C predict API, run once on zeros before it serves."""
+    require_default_accept(default_accept, MODULE_TYPES, "AWS's default MXNet handlers answer",
+                           "; define output_fn in an inference script (code/) for other types")
     missing = missing_layout_files(model_dir)
     if missing:
         raise modeldir.ModelDirError(f"{', '.join(missing)} missing in {model_dir}: the default handlers load "

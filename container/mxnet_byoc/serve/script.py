@@ -11,7 +11,8 @@ The script may define any of these; what it leaves out, AWS's default MXNet hand
 
 Each function may take one more argument, `context` (as the toolkit decides, by counting parameters):
 `context.system_properties` holds `model_dir` and `gpu_id` (None on the CPU), so a handler knows the device
-this worker computes on. An input_fn with a parameter named `model` also gets the model (AWS's MXNet
+this worker computes on; `context.model_name` is the model's name on a server of many models; the request's
+headers (`X-Amzn-SageMaker-Custom-Attributes` among them) are `context.get_request_header(0, name)`. An input_fn with a parameter named `model` also gets the model (AWS's MXNet
 variant). Bodies of `application/json` and `text/csv` arrive as str, others as bytes. A transform_fn or
 output_fn may return bytes, str or any JSON-serialisable object; the response's Content-Type is the one it
 returns with the body, else the Accept header (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT for `*/*` or none).
@@ -23,12 +24,13 @@ BaseInferenceToolkitError) answers with that status and its `message`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +43,8 @@ from .codecs import utf8_text
 from .device import Device
 from .http_errors import ClientMistake, UserCodeFailure
 from .mediatypes import CSV, JSON
+from .privatecode import PrivateCode
+from .settings import DEFAULT_INVOCATIONS_ACCEPT
 
 log = logging.getLogger("mxnet_byoc.script")
 
@@ -52,6 +56,7 @@ ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transfo
          "model_warmup_fn": 2}
 UTF8_TYPES = (JSON, CSV)  # bodies the toolkit hands over as str
 REASON_LIMIT = 1000  # characters of an exception's message in a response
+SINGLE_MODEL_NAME = "model"  # context.model_name with one model per server, as AWS's toolkit names it
 
 
 class ScriptError(ReasonError):
@@ -61,19 +66,38 @@ class ScriptError(ReasonError):
 
 @dataclass(frozen=True)
 class UserCode:
-    """Where the script is: `code_dir` (put on sys.path) and the module's name in it."""
+    """Where the script is: `code_dir` (its imports' folder) and SAGEMAKER_PROGRAM as given (`inference.py`,
+    `inference`, `sub/inference.py` for an entry point in a subfolder of source_dir, or the host's path of the
+    script that SDK local mode sends)."""
 
     code_dir: Path
-    module_name: str = DEFAULT_MODULE
+    program: str = DEFAULT_MODULE
     named: bool = False  # SAGEMAKER_PROGRAM named it: its absence is an error, not "no script"
 
     @property
+    def module_name(self) -> str:
+        return module_name(self.program)
+
+    @property
     def path(self) -> Path:
+        """The script: `program` inside the code folder when it is a relative path there, else the file of its
+        name at the top of the code folder (where the SDK puts an entry point given without source_dir)."""
+        relative = Path(self.program if self.program.endswith(".py") else f"{self.program}.py")
+        if not relative.is_absolute() and ".." not in relative.parts and len(relative.parts) > 1:
+            inside = self.code_dir / relative
+            if inside.is_file():
+                return inside
         return self.code_dir / f"{self.module_name}.py"
+
+    @property
+    def folders(self) -> list[Path]:
+        """Where the script's imports are found: its own folder first, then the code folder."""
+        return list(dict.fromkeys([self.path.parent, self.code_dir]))
 
 
 def module_name(program: str | None) -> str:
-    """SAGEMAKER_PROGRAM (`inference.py`, `inference`, or a path the SDK's local mode sends) -> `inference`."""
+    """SAGEMAKER_PROGRAM (`inference.py`, `inference`, `sub/inference.py` or a path SDK local mode sends) ->
+    `inference`."""
     if not program:
         return DEFAULT_MODULE
     name = Path(program).name
@@ -81,6 +105,47 @@ def module_name(program: str | None) -> str:
 
 
 # ---- the toolkit's `context` ------------------------------------------------------------------------
+
+class Headers(dict):
+    """A request's headers under their usual spelling, looked up in any case (HTTP's names are case-insensitive,
+    and handlers written for Multi Model Server read them as `X-Amzn-SageMaker-Custom-Attributes`)."""
+
+    def __getitem__(self, key: str) -> str:
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        for name, value in self.items():
+            if name.lower() == str(key).lower():
+                return value
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or any(name.lower() == str(key).lower() for name in self)
+
+
+# SageMaker's own request headers, spelled as SageMaker's documentation spells them.
+SAGEMAKER_HEADERS = {name.lower(): name for name in (
+    "X-Amzn-SageMaker-Custom-Attributes", "X-Amzn-SageMaker-Target-Model", "X-Amzn-SageMaker-Target-Variant",
+    "X-Amzn-SageMaker-Target-Container-Hostname", "X-Amzn-SageMaker-Inference-Id",
+    "X-Amzn-SageMaker-Enable-Explanations", "X-Amzn-SageMaker-Session-Id")}
+
+
+def request_headers(headers: Mapping[str, str] | None, content_type: str | None, accept: str) -> Headers:
+    """What `context` gives a handler: every header of the request (SageMaker's under their documented spelling,
+    others as `Title-Case`), with Content-Type and the Accept the handler answers."""
+    found = Headers()
+    for name, value in (headers or {}).items():
+        lowered = name.lower()
+        found[SAGEMAKER_HEADERS.get(lowered, "-".join(part.capitalize() for part in lowered.split("-")))] = value
+    found["Content-Type"] = content_type or ""
+    found["Accept"] = accept
+    return found
+
 
 class RequestProcessor:
     """One request's headers and the response's status and headers, as Multi Model Server's."""
@@ -117,8 +182,8 @@ class RequestProcessor:
 class Context:
     """What the toolkit passes as `context`: Multi Model Server's Context, for the one model of this server."""
 
-    def __init__(self, model_dir: Path, device: Device):
-        self.model_name = "model"
+    def __init__(self, model_dir: Path, device: Device, model_name: str = SINGLE_MODEL_NAME):
+        self.model_name = model_name
         self.manifest = None
         self.metrics = None
         self.request_ids = {0: ""}
@@ -166,31 +231,40 @@ class Context:
 
 # ---- loading ----------------------------------------------------------------------------------------
 
-def import_script(code: UserCode) -> ModuleType | None:
-    """The user's module, imported from its file with its folder on sys.path (for its own imports); None
-    when SAGEMAKER_PROGRAM named nothing and there is no inference.py (the toolkit then uses its defaults)."""
+def import_script(code: UserCode, private: PrivateCode | None = None) -> ModuleType | None:
+    """The user's module, imported from its file; None when SAGEMAKER_PROGRAM named nothing and there is no
+    inference.py (the toolkit then uses its defaults). Its folders go on sys.path for its own imports, or, with
+    `private` (a server of many models), it is imported into the model's private package (privatecode.py)."""
     path = code.path
     if not path.is_file():
         if not code.named:
             return None
-        present = sorted(p.name for p in code.code_dir.glob("*.py"))[:20] if code.code_dir.is_dir() else []
-        raise ScriptError(f"the inference script {path} does not exist (SAGEMAKER_PROGRAM names "
-                          f"{code.module_name}.py; Python files in {code.code_dir}: {', '.join(present) or 'none'})")
-    folder = str(code.code_dir)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(code.module_name, path)
-    if spec is None or spec.loader is None:
-        raise ScriptError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[code.module_name] = module
+        present = sorted(p.relative_to(code.code_dir).as_posix() for p in code.code_dir.rglob("*.py")
+                         if "__pycache__" not in p.parts)[:20] if code.code_dir.is_dir() else []
+        raise ScriptError(f"the inference script {path} does not exist (SAGEMAKER_PROGRAM names {code.program}; "
+                          f"Python files in {code.code_dir}: {', '.join(present) or 'none'})")
     try:
-        spec.loader.exec_module(module)
+        if private is not None:
+            return private.load_file(path, code.module_name)
+        for folder in reversed(code.folders):
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+        spec = importlib.util.spec_from_file_location(code.module_name, path)
+        if spec is None or spec.loader is None:
+            raise ScriptError(f"{path} cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[code.module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(code.module_name, None)
+            raise
+        return module
+    except ScriptError:
+        raise
     except BaseException as e:  # SystemExit too: a script must not end the worker
-        sys.modules.pop(code.module_name, None)
         log.error("importing %s failed", path, exc_info=e)
         raise ScriptError(f"importing {path} failed: {_describe(e)}") from None
-    return module
 
 
 def user_functions(module: ModuleType | None) -> dict[str, Callable[..., Any]]:
@@ -213,37 +287,55 @@ def user_functions(module: ModuleType | None) -> dict[str, Callable[..., Any]]:
     return found
 
 
-def load_script(code: UserCode | None, model_dir: Path, device: Device, default_accept: str) -> Any:
+def load_script(code: UserCode | None, model_dir: Path, device: Device, default_accept: str,
+                private: PrivateCode | None = None, model_name: str = SINGLE_MODEL_NAME) -> Any:
     """The handler for `model_dir` with the user's script: AWS's default handlers, end to end, when the
-    script defines none of the functions (or there is none), else a ScriptHandler."""
-    module = import_script(code) if code else None
-    functions = user_functions(module)
-    if not functions:
-        where = f"{code.path} defines none of {', '.join(HANDLER_FUNCTIONS[:5])}" if module else "no inference script"
-        if not mxnet_defaults.in_mxnet_layout(model_dir):
-            raise ScriptError(f"{where}, and {model_dir} is not in MXNet's layout "
-                              f"({', '.join(mxnet_defaults.LAYOUT_FILES)}), which the default model_fn loads: "
-                              "define model_fn(model_dir) in your inference script to load your model")
-        return mxnet_defaults.load_default(model_dir, device, default_accept)
-    return ScriptHandler.build(module, functions, model_dir, device, default_accept)
+    script defines none of the functions (or there is none), else a ScriptHandler. `private`: the model's
+    private package, for a server of many models (its code is imported and called in it)."""
+    try:
+        module = import_script(code, private) if code else None
+        functions = user_functions(module)
+        if not functions:
+            where = (f"{code.path} defines none of {', '.join(HANDLER_FUNCTIONS[:5])}" if module
+                     else "no inference script")
+            if not mxnet_defaults.in_mxnet_layout(model_dir):
+                raise ScriptError(f"{where}, and {model_dir} is not in MXNet's layout "
+                                  f"({', '.join(mxnet_defaults.LAYOUT_FILES)}), which the default model_fn loads: "
+                                  "define model_fn(model_dir) in your inference script to load your model")
+            if private is not None:
+                private.close()
+            return mxnet_defaults.load_default(model_dir, device, default_accept)
+        return ScriptHandler.build(module, functions, model_dir, device, default_accept, private, model_name)
+    except BaseException:
+        if private is not None:
+            private.close()
+        raise
 
 
 class ScriptHandler:
     """The user's functions, with AWS's defaults in the gaps, answering /invocations."""
 
     def __init__(self, module: Any, model: Any, transform: Callable[..., Any], context: Context, default_accept: str,
-                 description: str):
+                 description: str, private: PrivateCode | None = None):
         self.module = module
         self.model = model
         self.context = context
         self.default_accept = default_accept
+        self.private = private
         self._transform = transform
         self._description = description
 
     @classmethod
     def build(cls, module: ModuleType | None, functions: dict[str, Callable[..., Any]], model_dir: Path,
-              device: Device, default_accept: str) -> ScriptHandler:
-        context = Context(model_dir, device)
+              device: Device, default_accept: str, private: PrivateCode | None = None,
+              model_name: str = SINGLE_MODEL_NAME) -> ScriptHandler:
+        with private.active() if private is not None else contextlib.nullcontext():
+            return cls._build(module, functions, model_dir, device, default_accept, private, model_name)
+
+    @classmethod
+    def _build(cls, module: ModuleType | None, functions: dict[str, Callable[..., Any]], model_dir: Path,
+               device: Device, default_accept: str, private: PrivateCode | None, model_name: str) -> ScriptHandler:
+        context = Context(model_dir, device, model_name)
         source = getattr(module, "__file__", "the script")
 
         def bound(name: str) -> Callable[..., Any]:
@@ -275,6 +367,10 @@ class ScriptHandler:
                     f"model_fn returned a {type(model).__module__}.{type(model).__name__}, which the default "
                     f"predict_fn cannot run (it runs MXNet Modules and Gluon blocks): define predict_fn or "
                     f"transform_fn in {source}")
+            if "output_fn" in defaulted and default_accept not in defaults.content_types:
+                raise ScriptError(f"{DEFAULT_INVOCATIONS_ACCEPT}={default_accept}: the default output_fn answers "
+                                  f"{', '.join(defaults.content_types)}; define output_fn in {source} to answer "
+                                  f"{default_accept}")
             if "input_fn" in defaulted and defaults.input_takes_model and len(model.data_shapes) != 1:
                 raise ScriptError(f"the default input_fn feeds networks with one input; this Module has "
                                   f"{len(model.data_shapes)}: define input_fn in {source}")
@@ -290,19 +386,30 @@ class ScriptHandler:
         description = (f"inference script {source}: {', '.join(defined)}"
                        + (f" (AWS's defaults for {', '.join(defaulted)})" if defaulted else "")
                        + f"; model {type(model).__name__} on {device}")
-        return cls(module, model, transform, context, default_accept, description)
+        return cls(module, model, transform, context, default_accept, description, private)
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
+               headers: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         if not accept or accept == "*/*":
             accept = self.default_accept
         data: bytes | str = utf8_text(body, content_type) if content_type in UTF8_TYPES else bytes(body)
-        processor = RequestProcessor({"Content-Type": content_type or "", "Accept": accept})
+        processor = RequestProcessor(request_headers(headers, content_type, accept))
         self.context.request_processor = [processor]
-        result = self._transform(self.model, data, content_type, accept)
+        if self.private is None:
+            result = self._transform(self.model, data, content_type, accept)
+        else:
+            with self.private.active():
+                result = self._transform(self.model, data, content_type, accept)
         status = processor.get_response_status_code()
         if isinstance(status, int) and 400 <= status <= 599:  # set by the handler through `context`
             raise UserCodeFailure(processor.get_response_status_phrase() or _text(result), status)
         return _response(result, accept)
+
+    def close(self) -> None:
+        """Drop the model and the script's modules; what they held is freed once nothing refers to them."""
+        self.model = self.module = self._transform = None
+        if self.private is not None:
+            self.private.close()
 
     def __str__(self) -> str:
         return self._description

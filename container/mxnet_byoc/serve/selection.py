@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from .. import modeldir, usercode
 from . import device, mxnet_defaults, script
+from .privatecode import PrivateCode
 
 PROGRAM = "SAGEMAKER_PROGRAM"
 SUBMIT_DIRECTORY = "SAGEMAKER_SUBMIT_DIRECTORY"
@@ -44,9 +45,32 @@ def prepare_code(model_dir: Path, env: Mapping[str, str]) -> script.UserCode | N
         usercode.install_requirements(code_dir)
         # As the toolkit does: subprocesses of the user's code import from its folder too.
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_dir), os.environ.get("PYTHONPATH")]))
-    code = script.UserCode(code_dir, script.module_name(program), named=bool(program))
-    log.info("script mode: %s from %s", f"{code.module_name}.py", code_dir)
+    code = script.UserCode(code_dir, program or script.DEFAULT_MODULE, named=bool(program))
+    log.info("script mode: %s from %s", code.path.relative_to(code_dir) if code_dir in code.path.parents
+             else code.path.name, code_dir)
     return code
+
+
+def code_in_model(model_dir: Path, env: Mapping[str, str]) -> script.UserCode | None:
+    """A model's own code (its `code/` folder) with the script SAGEMAKER_PROGRAM names, or None: in a server of
+    many models each model brings its code, and SAGEMAKER_PROGRAM names the script in each."""
+    folder = Path(model_dir) / CODE_FOLDER
+    if not folder.is_dir():
+        return None
+    program = (env.get(PROGRAM) or "").strip()
+    return script.UserCode(folder, program or script.DEFAULT_MODULE, named=bool(program))
+
+
+def build(directory: Path, code: script.UserCode | None, builtin: Load, default_accept: str,
+          private: PrivateCode | None = None, model_name: str = script.SINGLE_MODEL_NAME) -> Any:
+    """The handler of one model directory on this worker's device: the user's script when there is code, AWS's
+    default handlers for MXNet's layout without our metadata.json, else the built-in model."""
+    where = device.current()
+    if code is not None:
+        return script.load_script(code, directory, where, default_accept, private, model_name)
+    if mxnet_defaults.in_mxnet_layout(directory) and not (Path(directory) / modeldir.METADATA_FILE).exists():
+        return mxnet_defaults.load_default(directory, where, default_accept)
+    return builtin(directory)
 
 
 def _code_dir(submit: str, in_model: Path) -> Path:
@@ -76,11 +100,6 @@ def loader(builtin: Load, default_accept: str, model_dir: Path | None = None,
     def load(directory: Path) -> Any:
         if failure:
             raise usercode.UserCodeError(failure)
-        where = device.current()
-        if code is not None:
-            return script.load_script(code, directory, where, default_accept)
-        if mxnet_defaults.in_mxnet_layout(directory) and not (Path(directory) / modeldir.METADATA_FILE).exists():
-            return mxnet_defaults.load_default(directory, where, default_accept)
-        return builtin(directory)
+        return build(directory, code, builtin, default_accept)
 
     return load
