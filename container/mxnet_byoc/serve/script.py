@@ -12,10 +12,11 @@ The script may define any of these; what it leaves out, AWS's default MXNet hand
 Each function may take one more argument, `context` (as the toolkit decides, by counting parameters):
 `context.system_properties` holds `model_dir` and `gpu_id` (None on the CPU), so a handler knows the device
 this worker computes on; `context.model_name` is the model's name on a server of many models; the request's
-headers (`X-Amzn-SageMaker-Custom-Attributes` among them) are `context.get_request_header(0, name)`. An input_fn with a parameter named `model` also gets the model (AWS's MXNet
-variant). Bodies of `application/json` and `text/csv` arrive as str, others as bytes. A transform_fn or
-output_fn may return bytes, str or any JSON-serialisable object; the response's Content-Type is the one it
-returns with the body, else the Accept header (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT for `*/*` or none).
+headers (`X-Amzn-SageMaker-Custom-Attributes` among them) are `context.get_request_header(0, name)`. An
+input_fn with a parameter named `model` also gets the model (AWS's MXNet variant). Bodies of
+`application/json` and `text/csv` arrive as str, others as bytes. A transform_fn or output_fn may return
+bytes, str or any JSON-serialisable object; the response's Content-Type is the one it returns with the body,
+else the Accept header (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT for `*/*` or none).
 
 An exception in the user's code is a 500 whose JSON reason names the function and the exception; its
 traceback goes to the log. An exception with an integer `status_code` between 400 and 599 (the toolkit's
