@@ -1,5 +1,8 @@
 """A worker's copies of the models of a multi-model server: loaded and unloaded to match the registry (state.py),
-each in a thread of its own, while the worker's request thread goes on answering the models it has.
+in a few threads of their own, while the worker's request thread goes on answering the models it has.
+
+Loads run in a fixed pool of LOAD_THREADS threads, never a thread per load: MXNet keeps state per thread that
+outlives the thread (about 5 MiB), which a thread per load would leave behind at every load.
 
 Every worker holds every loaded model, so that any worker answers any model: nginx hands each request to
 whichever worker is free, a model that gets most of the requests gets every CPU, and a worker that dies takes no
@@ -17,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from . import memory, state
 
 log = logging.getLogger("mxnet_byoc.multimodel")
 
+LOAD_THREADS = 2  # models one worker loads at once
 Build = Callable[[str, Path], Handler]  # (model name, model directory) -> its handler on this worker
 
 
@@ -80,9 +85,10 @@ class Replica:
     """This worker's models. `use(name)` lends a model's handler to a request; the thread started by `start`
     keeps the set in line with the registry."""
 
-    def __init__(self, folder: Path, build: Build, pid: int | None = None):
+    def __init__(self, folder: Path, build: Build, pid: int | None = None, prepare: Callable[[], object] | None = None):
         self.folder = Path(folder)
         self.build = build
+        self.prepare = prepare  # run once before the first pass (loading libmxnet.so: the first load is quicker)
         self.pid = pid or os.getpid()
         self.started = threading.Event()  # the first pass over the registry is done
         self._lock = threading.Lock()
@@ -92,6 +98,7 @@ class Replica:
         self._socket_path = state.worker_socket(self.folder, self.pid)
         self._socket = None
         self._sender = state.sender()
+        self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
 
     # ---- serving --------------------------------------------------------------------------------------
 
@@ -127,9 +134,13 @@ class Replica:
         threading.Thread(target=self._run, name="model-sync", daemon=True).start()
 
     def _run(self) -> None:
-        first = self.sync()
-        for thread in first:
-            thread.join()
+        if self.prepare is not None:
+            try:
+                self.prepare()
+            except Exception:  # each load will say what is wrong
+                log.exception("preparing this worker to load models failed")
+        for load in self.sync():
+            load.result()
         self.started.set()
         self._report(state.Report(self.pid, state.STARTED))
         while True:
@@ -139,9 +150,9 @@ class Replica:
                 return
             self.sync()
 
-    def sync(self) -> list[threading.Thread]:
+    def sync(self) -> list[Future]:
         """Unload what the registry no longer lists, start loading what it lists and this worker lacks; the
-        threads started."""
+        loads started."""
         registry = state.read_registry(self.folder)
         wanted = {name: e for name, e in registry.models.items() if e.wanted_by(self.pid)}
         with self._lock:
@@ -155,11 +166,7 @@ class Replica:
             self._loading.update((name, e.generation) for name, e in starting)
         for name, copy in stale:
             self._unload(name, copy)
-        threads = [threading.Thread(target=self._load, args=(name, e), name=f"load-{name}", daemon=True)
-                   for name, e in starting]
-        for thread in threads:
-            thread.start()
-        return threads
+        return [self._pool.submit(self._load, name, e) for name, e in starting]
 
     def _load(self, name: str, entry: state.Entry) -> None:
         before = memory.anonymous_bytes()
