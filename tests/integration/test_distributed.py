@@ -170,6 +170,10 @@ def test_sharded_channels_are_used_as_given_and_hosts_agree_on_steps_and_where_t
     outputs = _train_all(bases, epochs="2", ps_port=str(free_port_pair(HOSTS)))
     for out in outputs:
         assert "resumed from" not in out and _epochs(out) == [1, 2], out
+    # The first host's checkpoint lies past that start: set aside, where it can no longer displace the new ones.
+    assert "set aside checkpoint-127.0.0.1-e0001-s0000000.json, checkpoint-127.0.0.1-e0001-s0000000.params: it " \
+           "is past epoch 0 step 0, where the hosts resume together" in outputs[0], outputs[0]
+    assert (bases[0] / "checkpoints" / "checkpoint-127.0.0.1-e0002-s0000000.json").is_file()
 
     # One host a checkpoint behind the other: both resume from the older position.
     for path in (bases[1] / "checkpoints").glob("checkpoint-127.0.0.2-e0002-*"):
@@ -177,3 +181,5 @@ def test_sharded_channels_are_used_as_given_and_hosts_agree_on_steps_and_where_t
     outputs = _train_all(bases, epochs="3", ps_port=str(free_port_pair(HOSTS)))
     for out in outputs:
         assert "resumed from epoch 1 step 0" in out and _epochs(out) == [2, 3], out
+    assert "set aside checkpoint-127.0.0.1-e0002-s0000000.json" in outputs[0], outputs[0]
+    assert "set aside" not in outputs[1], outputs[1]
