@@ -235,33 +235,34 @@ def _say(message: str) -> None:
     print(f"GPU check: {message}", file=sys.stderr, flush=True)
 
 
-def require_supported(record: Path | None = None) -> None:
+def require_supported(record: Path | None = None) -> list[Gpu]:
     """Raise UnsupportedGpu when a visible GPU is one the image's MXNet build cannot run on. Silent without
-    a record (the CPU image), without a driver (MXNet's import reports that) or without a GPU."""
+    a record (the CPU image), without a driver (MXNet's import reports that) or without a GPU. The visible GPUs
+    ([] in those cases)."""
     record = record or RECORD
     try:
         archs = read_record(record)
     except (OSError, ValueError) as e:
         _say(f"skipped: the record {record} cannot be read: {e}")
-        return
+        return []
     if archs is None:
-        return
+        return []
     try:
         gpus = probe()
     except (ProbeError, ValueError, KeyError, TypeError) as e:
         _say(f"skipped: {e}")
-        return
+        return []
     if not gpus:
-        return
+        return []
     unsupported = [g for g in gpus if not archs.runs_on(g.capability)]
     if not unsupported:
         _say(f"{len(gpus)} GPU(s), each runs this image's MXNet build ({archs.describe()}): "
              + ", ".join(sorted({g.describe() for g in gpus})))
-        return
+        return gpus
     why = reason(unsupported, archs)
     if _allowed():
         _say(f"{ALLOW_VARIABLE} is set, so going on although {why}")
-        return
+        return gpus
     raise UnsupportedGpu(why)
 
 

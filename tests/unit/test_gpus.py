@@ -119,7 +119,7 @@ def test_one_unsupported_gpu_among_supported_ones_is_refused(record, monkeypatch
 
 def test_an_a100_passes_and_is_named_in_the_log(record, monkeypatch, capsys):
     visible(monkeypatch, [A100, gpus.Gpu(1, A100.name, (8, 0))])
-    gpus.require_supported()
+    assert gpus.require_supported() == [A100, gpus.Gpu(1, A100.name, (8, 0))]  # serve runs a worker per GPU
     assert capsys.readouterr().err == (
         "GPU check: 2 GPU(s), each runs this image's MXNet build (SASS for sm_50, sm_60, sm_70, sm_80, sm_86 and "
         "no PTX): NVIDIA A100-SXM4-40GB (compute capability 8.0)\n")
@@ -138,7 +138,7 @@ def test_the_override_turns_the_refusal_into_a_warning(record, monkeypatch, caps
 def test_no_gpu_or_no_driver_says_nothing(record, monkeypatch, capsys):
     for found in ([], None):
         visible(monkeypatch, found)
-        gpus.require_supported()
+        assert gpus.require_supported() == []
     assert capsys.readouterr().err == ""
 
 

@@ -25,3 +25,8 @@ def test_byoctl_gets_the_names_without_the_servers_dependencies():
 def test_media_type_drops_parameters_and_case():
     assert mediatypes.media_type("Text/CSV; charset=utf-8") == "text/csv"
     assert mediatypes.media_type(None) == mediatypes.media_type("") == ""
+
+
+def test_a_concrete_type_has_a_type_and_a_subtype_and_no_wildcard():
+    assert mediatypes.is_concrete("application/x-npy") and mediatypes.is_concrete("application/vnd.a+json")
+    assert not any(mediatypes.is_concrete(t) for t in ("*/*", "text/*", "json", "/json", "text/", "text/ csv"))

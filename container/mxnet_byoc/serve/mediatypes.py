@@ -19,3 +19,9 @@ def media_type(header: str | None) -> str:
     if not header:
         return ""
     return header.split(";", 1)[0].strip().lower()
+
+
+def is_concrete(kind: str) -> bool:
+    """`type/subtype` without wildcards: a type an answer can have."""
+    main, slash, sub = kind.partition("/")
+    return bool(slash and main and sub and "*" not in kind and " " not in kind)
