@@ -4,6 +4,7 @@
 #   make test        the test command: venv, Docker engine, base image, both images, then pytest
 #   make demo        train and serve MNIST in the CPU image (or the venv where no Docker engine runs)
 #   make image-cpu   build $(CPU_IMAGE)          make image-gpu   build $(GPU_IMAGE)
+#   make image-cpu-lean  build $(CPU_LEAN_IMAGE): without Horovod, MPI and the libraries for users' scripts
 #   make bench       the benchmarks (BENCH=serving: one part), their figures into docs/performance.md
 #   make lint        ruff, no words about the project's history, and shellcheck on the shell scripts
 #   make locks       regenerate docker/requirements-*.lock after changing the pins they come from
@@ -15,6 +16,7 @@ SHELL := /bin/bash
 
 CPU_IMAGE ?= mxnet-byoc:cpu
 GPU_IMAGE ?= mxnet-byoc:gpu
+CPU_LEAN_IMAGE ?= mxnet-byoc:cpu-lean
 BASE_IMAGE ?= debian:bookworm-slim
 PYTHON ?= python3
 VENV := .venv
@@ -23,7 +25,7 @@ CLIENT_VENV := .venv-client
 CLIENT_PY := $(CLIENT_VENV)/bin/python
 PYTEST_ARGS ?=
 SDK3_PYTEST_ARGS ?=
-export CPU_IMAGE GPU_IMAGE BASE_IMAGE
+export CPU_IMAGE GPU_IMAGE CPU_LEAN_IMAGE BASE_IMAGE
 
 # A TLS-inspecting proxy's CA for pip inside `docker build` (used in the builder stage only, see
 # docker/ca/README.md). Defaults to pip's own CA setting on this machine, when it has one; give
@@ -32,7 +34,7 @@ EXTRA_CA ?= $(or $(PIP_CERT),$(shell sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:
 
 DOCKER_BUILD := docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
-.PHONY: venv client-venv docker base-image extra-ca image-cpu image-gpu images test test-sdk3 demo bench lint locks
+.PHONY: venv client-venv docker base-image extra-ca image-cpu image-cpu-lean image-gpu images test test-sdk3 demo bench lint locks
 
 # The virtualenv, reinstalled when a requirements file changes (the stamp records the last install).
 venv: $(VENV)/.installed
@@ -61,10 +63,14 @@ extra-ca:
 image-cpu: base-image extra-ca
 	$(DOCKER_BUILD) -f docker/Dockerfile.cpu -t $(CPU_IMAGE) .
 
+# The lean image is the first stages of Dockerfile.cpu: after image-cpu, a cache hit.
+image-cpu-lean: base-image extra-ca
+	$(DOCKER_BUILD) --target lean -f docker/Dockerfile.cpu -t $(CPU_LEAN_IMAGE) .
+
 image-gpu: base-image extra-ca
 	$(DOCKER_BUILD) -f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
 
-images: image-cpu image-gpu
+images: image-cpu image-cpu-lean image-gpu
 
 # pytest's exit code 5 (no test collected) is a failure here, as it is for CI.
 test: venv images

@@ -16,6 +16,8 @@ from devkit.shell import sh
 pytestmark = pytest.mark.container
 
 LOCKS = {"cpu": ROOT / "docker" / "requirements-cpu.lock", "gpu": ROOT / "docker" / "requirements-gpu.lock"}
+# The full images add these to the lean venv (Horovod, MPI and the libraries users' scripts import).
+FULL_LOCKS = [ROOT / "docker" / "requirements-libraries.lock", ROOT / "docker" / "requirements-source.lock"]
 
 
 @pytest.fixture(params=["cpu", "gpu"])
@@ -61,7 +63,7 @@ def test_installed_packages_are_exactly_the_lock(image: str, flavour: str) -> No
     """PACKAGES.txt (pip freeze at build time) ships in the image and matches the hash-pinned lock."""
     shipped = in_image(image, "cat /opt/program/PACKAGES.txt")
     installed = {_norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", shipped, re.M)}
-    lock_text = LOCKS[flavour].read_text()
+    lock_text = "\n".join(lock.read_text() for lock in [LOCKS[flavour], *FULL_LOCKS])
     locked = {_norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock_text, re.M)}
     assert installed == locked
     assert installed["pip"] == "26.3"
