@@ -118,7 +118,7 @@ TAGGED_STDERR = """\
 [1,0]<stderr>:[2024-01-01 00:00:00] INFO rank 0 starting
 [1,1]<stderr>:Traceback (most recent call last):
 [1,1]<stderr>:  File "train.py", line 9, in <module>
-[1,1]<stderr>:    raise ValueError("rank 1 has no data")
+[1,1]<stderr>:    [1,1]<stderr>:raise ValueError("rank 1 has no data")[1,1]<stderr>:
 [1,1]<stderr>:ValueError: rank 1 has no data
 [1,0]<stderr>:Traceback (most recent call last):
 [1,0]<stderr>:  File "train.py", line 12, in <module>
@@ -142,6 +142,7 @@ def test_the_reason_is_the_error_of_the_rank_mpirun_names():
     error, traceback = process.last_error(mpi.failing_rank_output(TAGGED_STDERR))
     assert error == "ValueError: rank 1 has no data"
     assert traceback.startswith("Traceback (most recent call last):") and "[1,1]" not in traceback
+    assert '    raise ValueError("rank 1 has no data")\n' in traceback  # a line mpirun tagged in three pieces
 
 
 def test_mpi_abort_names_the_rank_and_without_a_name_the_first_traceback_counts():

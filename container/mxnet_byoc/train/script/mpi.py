@@ -60,7 +60,7 @@ PEER_TIMEOUT = "_peer_timeout"
 # the containers 120 s after SIGTERM).
 STOP_GRACE = 100
 POLL_INTERVAL = 0.5
-_TAG = re.compile(r"^\[(\d+),(\d+)\]<(stdout|stderr|stddiag)>:(.*)$")
+_TAG = re.compile(r"\[(\d+),(\d+)\]<(?:stdout|stderr|stddiag)>:")
 # mpirun's own account of which rank ended the job.
 _FIRST_FAILED = re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]")
 _ABORTED_ON = re.compile(r"MPI_ABORT was invoked on rank (\d+)")
@@ -205,13 +205,14 @@ def _interfaces() -> set[str]:
 # --- the failure reason ------------------------------------------------------------------------------
 
 def untag(output: str) -> tuple[dict[int, list[str]], list[str]]:
-    """Each rank's lines (tags removed) and mpirun's own lines, in order."""
+    """Each rank's lines (tags removed) and mpirun's own lines, in order. mpirun tags each piece it reads, so
+    a line the script wrote in several writes carries several tags; a line is its first tag's rank's."""
     ranks: dict[int, list[str]] = {}
     own: list[str] = []
     for line in output.replace("\r\n", "\n").split("\n"):
         m = _TAG.match(line)
         if m:
-            ranks.setdefault(int(m.group(2)), []).append(m.group(4))
+            ranks.setdefault(int(m.group(2)), []).append(_TAG.sub("", line))
         else:
             own.append(line)
     return ranks, own
