@@ -112,11 +112,13 @@ class Server(_Server):
         return pids
 
     def worker_pids(self) -> list[int]:
-        try:
-            return sorted(int(p) for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-                          .read_text().split())
-        except OSError:
-            return []
+        """gunicorn's workers: the children of its master, which is `serve`'s child beside nginx (or the
+        process itself, for a plain gunicorn command)."""
+        children = _children(self.process.pid)
+        masters = [pid for pid in children if _program(pid) != "nginx"]
+        if len(masters) < len(children):  # serve's layout: nginx and gunicorn's master
+            return sorted(pid for master in masters for pid in _children(master))
+        return sorted(children)
 
     def pss_kib(self) -> int:
         """Proportional set size of the whole process tree."""
@@ -171,6 +173,20 @@ class Server(_Server):
         return self.process.returncode
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _program(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _tcp_sockets() -> Iterator[tuple[int, int, str, str]]:
     """(local port, remote port, state, `socket:[inode]`) of every TCP socket in /proc/net/tcp and tcp6
     (state 0A: listening)."""
@@ -189,17 +205,18 @@ def _port(address: str) -> int:
 class ContainerServer(_Server):
     """A detached `serve` container of `image` on the host network, on a port of its own, serving
     `model_dir` (mounted read-only at /opt/ml/model); its output is kept in `log`, when given, as it is
-    removed."""
+    removed. `extra`: more `docker run` options (`--memory`)."""
 
     def __init__(self, image: str, model_dir: Path, user: str | None = None, env: Mapping[str, str] | None = None,
-                 log: Path | None = None, mounts: Mapping[Path, str] | None = None):
+                 log: Path | None = None, mounts: Mapping[Path, str] | None = None, extra: Sequence[str] = ()):
         self.log = log
         self.removed = False
         self.port = net.free_port()
         self.name = docker.container_name("serve")
         self.command = docker.docker_command(image, "serve", name=self.name, detach=True, user=user,
                                              mounts={Path(model_dir): "/opt/ml/model:ro", **(mounts or {})},
-                                             env={"SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})})
+                                             env={"SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})},
+                                             extra=extra)
         self.started = time.perf_counter()
         shell.sh(*self.command)
 

@@ -59,7 +59,7 @@ def test_serve_answers_json_and_is_pid_1(cpu_image: str, cpu_trained: TrainedJob
         r = requests.post(server.url("/invocations"), json={"instances": [image.tolist()]}, timeout=30)
         assert r.status_code == 200, r.text[:500]
         assert int(r.json()["predictions"][0]["label"]) == label
-        # No shell or init in between: PID 1 is the `serve` program itself (gunicorn's master).
+        # No shell or init in between: PID 1 is the `serve` program itself (it runs nginx and gunicorn).
         cmdline = sh("docker", "exec", server.name, "cat", "/proc/1/cmdline").stdout.split("\0")
         assert any(part.endswith("/serve") or part == "serve" for part in cmdline), cmdline
         assert not any(part.endswith(("/sh", "/bash", "/tini")) for part in cmdline[:1]), cmdline
@@ -89,10 +89,10 @@ def test_serve_runs_its_master_and_workers_on_jemalloc(cpu_image: str, cpu_train
     two_workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     with serving(cpu_image, cpu_trained.model_dir, env=two_workers) as server:
         found = _serve_processes_with_jemalloc(server.name)
-    assert len(found) == 3 and all(found.values()), found  # the master and its 2 workers
+    assert len(found) == 4 and all(found.values()), found  # serve, gunicorn's master and its 2 workers
     with serving(cpu_image, cpu_trained.model_dir, env={**two_workers, "LD_PRELOAD": ""}) as server:  # opt-out
         found = _serve_processes_with_jemalloc(server.name)
-    assert len(found) == 3 and not any(found.values()), found
+    assert len(found) == 4 and not any(found.values()), found
 
 
 def test_docker_stop_ends_serve_cleanly(cpu_image: str, cpu_trained: TrainedJob) -> None:
@@ -102,7 +102,7 @@ def test_docker_stop_ends_serve_cleanly(cpu_image: str, cpu_trained: TrainedJob)
         code = server.stop(timeout=30)
     finally:
         server.remove()
-    # SIGTERM reached gunicorn's master, which stopped its workers and exited 0; SIGKILL after the
+    # SIGTERM reached serve, which stopped nginx, then gunicorn, and exited 0; SIGKILL after the
     # 30 s grace period would show as 137.
     assert code == 0
 

@@ -1,6 +1,7 @@
-"""`container/serve` keeps a client's connection open between requests (worker.py): request after request on one
-connection, closed once idle for MXNET_BYOC_KEEP_ALIVE_S, closed whenever HTTP or an unread body requires it,
-spread over the workers, and closed when serve stops."""
+"""`container/serve`'s client connections, which nginx owns: request after request on one connection, closed once
+idle for MXNET_BYOC_KEEP_ALIVE_S and whenever HTTP requires it, closed when serve stops; and a worker that dies
+(SIGKILL, or gunicorn's own timeout) loses only the request it was serving, whatever waits on kept-open
+connections behind it."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
-import sys
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from devkit.servers import Server
+from devkit.script_models import copy_aws_model, write_script
 from devkit.waiting import wait_until
 
 ONE_DIGIT = json.dumps({"instances": [[0] * 783 + [255]]}).encode()
@@ -110,8 +113,7 @@ def test_pipelined_requests_are_each_answered_in_order(start_server, base):
     last = request("POST /invocations", ONE_DIGIT)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(request("POST /invocations", ONE_DIGIT) + request("GET /ping") + last[:-5])
-        time.sleep(0.2)  # the last request arrives in two parts
-        sock.sendall(last[-5:])
+        sock.sendall(last[-5:])  # the last request arrives in two parts
         answers = read_answers(sock, 3)
     assert [status for status, _, _ in answers] == [200, 200, 200]
     assert json.loads(answers[1][2]) == {"status": "healthy"} and answers[0][2] == answers[2][2]
@@ -128,66 +130,18 @@ def test_http_1_0_and_connection_close_get_their_answer_then_the_close(start_ser
             assert closed_by_server(sock, within=5) < 1
 
 
-def test_a_body_left_unread_closes_and_a_refused_body_read_to_its_end_does_not(start_server, base):
+def test_a_refused_body_keeps_the_connection_and_one_refused_unread_closes_it(start_server, base):
     server = start_server(base)
     server.wait_loaded()
-    too_large = 7 * 1024 * 1024  # over the 6 MB limit: refused, and read (drained) only to answer
+    too_large = 7 * 1024 * 1024  # over the 6 MB limit: refused by its Content-Length, before it is read
     head = request("POST /invocations").replace(b"Content-Length: 0", f"Content-Length: {too_large}".encode())
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(request("POST /invocations", b"not json") + head + b"\0" * too_large
-                     + request("POST /invocations", ONE_DIGIT))
-        (bad, first, _), (large, second, _), (then, _, _) = read_answers(sock, 3)
-        assert (bad, large, then) == (400, 413, 200)
-        assert first["connection"] == second["connection"] == "keep-alive"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(head + b"\0" * 1000)
-        sock.shutdown(socket.SHUT_WR)  # the body ends early: its rest can never be read
-        ((status, headers, _),) = read_answers(sock, 1)
-        assert status == 413 and headers["connection"] == "close"
-        assert closed_by_server(sock, within=5) < 1
-
-
-def test_connections_opened_one_by_one_go_to_different_workers(start_server, base):
-    """A worker that holds an open connection leaves a new one to a worker that holds none (ACCEPT_DEFER_S):
-    otherwise each new connection would land on either worker by chance, and this passes 1 time in 8."""
-    server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="2")
-    server.wait_loaded()
-    for _ in range(3):
-        with answered(server) as (first, _, _):
-            holder = server.holder_of(first.getsockname()[1])
-            with answered(server) as (second, _, _):
-                assert server.holder_of(second.getsockname()[1]) not in (holder, None)
-                ports = [first.getsockname()[1], second.getsockname()[1]]
-        # The next round starts with both workers holding nothing again.
-        wait_until(lambda ports=ports: all(server.holder_of(p) is None for p in ports), what="the server's closes")
-
-
-# serve with a cap of two open connections per worker, the one thing changed.
-CAPPED_SERVE = """
-from mxnet_byoc.serve import server, worker
-worker.MAX_IDLE_CONNECTIONS = 2
-raise SystemExit(server.main())
-"""
-
-
-def test_a_worker_closes_its_longest_idle_connection_beyond_its_cap(tmp_path, base):
-    server = Server(base, tmp_path / "serve.log", [sys.executable, "-c", CAPPED_SERVE],
-                    SAGEMAKER_MODEL_SERVER_WORKERS="1")
-    sockets: list[socket.socket] = []
-    try:
-        server.wait_loaded()
-        sockets += [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
-        for sock in sockets:
-            sock.sendall(request("POST /invocations", ONE_DIGIT))
-            read_answers(sock, 1)
-        assert closed_by_server(sockets[0], within=5) < 1
-        for sock in sockets[1:]:
-            sock.sendall(request("POST /invocations", ONE_DIGIT))
-            assert read_answers(sock, 1)[0][0] == 200
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.stop()
+        sock.sendall(request("POST /invocations", b"not json") + request("POST /invocations", ONE_DIGIT))
+        (bad, first, _), (then, _, _) = read_answers(sock, 2)
+        assert (bad, then) == (400, 200) and first["connection"] == "keep-alive"
+        sock.sendall(head)
+        ((status, headers, body),) = read_answers(sock, 1)
+        assert status == 413 and headers["connection"] == "close" and b"6 MB" in body
 
 
 def test_sigterm_closes_the_idle_connections_and_serve_exits_at_once(start_server, base):
@@ -201,35 +155,98 @@ def test_sigterm_closes_the_idle_connections_and_serve_exits_at_once(start_serve
     assert time.monotonic() - started < 10  # not the graceful timeout (25 s) nor the keep-alive (300 s)
 
 
-def test_connections_even_out_over_the_workers_after_a_worker_restart(start_server, base):
-    """After a SIGKILL the surviving worker takes every reconnection while the new one loads its model; the new
-    worker's share then comes back to it (ConnectionCounts: answers of a worker over its share close)."""
-    server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="2")
-    server.wait_loaded()
-    clients = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(8)]
+# A handler that holds each request until the file `release` appears beside the model: a worker busy for as long
+# as a test needs. It notes each request it starts, by its body, so that the test knows who holds what.
+HOLDING_SCRIPT = """
+    import os
+    import time
 
-    def round_of_requests() -> None:
-        for client in clients:
-            try:
-                client.request("POST", "/invocations", ONE_DIGIT, {"Content-Type": "application/json"})
-                assert client.getresponse().read()
-            except (ConnectionError, http.client.HTTPException):  # its worker was killed: a new connection
-                client.close()
 
-    def holders() -> list[int | None]:
-        return sorted(server.holder_of(client.sock.getsockname()[1]) for client in clients if client.sock)
+    def model_fn(model_dir):
+        return os.path.dirname(model_dir)
 
-    try:
-        round_of_requests()
-        victim = server.worker_pids()[0]
-        os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,
-                   what="a new worker")
-        for _ in range(100):
-            round_of_requests()
-        found = holders()
-        assert len(found) == 8 and None not in found, found
-        assert {found.count(pid) for pid in set(found)} <= {3, 4, 5} and len(set(found)) == 2, found
-    finally:
-        for client in clients:
-            client.close()
+
+    def transform_fn(folder, body, content_type, accept):
+        name = body.decode() if isinstance(body, bytes) else str(body)
+        with open(os.path.join(folder, "started-" + name.strip('"')), "w") as f:
+            f.write(str(os.getpid()))
+        while not os.path.exists(os.path.join(folder, "release")):
+            time.sleep(0.01)
+        return {"pid": os.getpid(), "body": name}
+"""
+WAITING = 8  # requests on kept-open connections behind the one the worker serves
+
+
+@pytest.fixture
+def holding(start_server, tmp_path):
+    """`serve` with one worker and HOLDING_SCRIPT, and nine kept-open connections that have each had an answer."""
+
+    def start(**env: str):
+        base = tmp_path / "held"
+        write_script(copy_aws_model(base / "model") / "code", HOLDING_SCRIPT)
+        server = start_server(base, SAGEMAKER_PROGRAM="inference.py", SAGEMAKER_MODEL_SERVER_WORKERS="1", **env)
+        server.wait_loaded()
+        (base / "release").touch()
+        clients = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(WAITING + 1)]
+        for number, client in enumerate(clients):
+            client.request("POST", "/invocations", json.dumps(f"warm-{number}"), {"Content-Type": "application/json"})
+            response = client.getresponse()
+            assert response.status == 200 and response.getheader("Connection") == "keep-alive", response.read()
+            response.read()
+        (base / "release").unlink()
+        return server, base, clients
+
+    return start
+
+
+def waiting_for_a_worker(server) -> int:
+    """Requests that nginx has handed to gunicorn and no worker has accepted yet: the queue of gunicorn's socket."""
+    path = re.search(r"Listening at: unix:(\S+) ", server.output()).group(1)
+    listed = subprocess.run(["ss", "-xlnH", "src", path], capture_output=True, text=True, check=True).stdout.split()
+    return int(listed[2])
+
+
+def hold_one_and_queue_the_rest(server, base: Path, clients: list) -> int:
+    """The first client's request held by the worker, every other client's waiting for a worker; the worker's pid."""
+    clients[0].request("POST", "/invocations", '"held"', {"Content-Type": "application/json"})
+    holder = int(wait_until(lambda: (base / "started-held").exists() and (base / "started-held").read_text(),
+                            what="the worker holding the first request"))
+    for number, client in enumerate(clients[1:]):
+        client.request("POST", "/invocations", json.dumps(f"queued-{number}"), {"Content-Type": "application/json"})
+    wait_until(lambda: waiting_for_a_worker(server) == WAITING, what=f"{WAITING} requests queued for a worker")
+    return holder
+
+
+def answers_after_release(base: Path, clients: list) -> list[tuple[int, dict]]:
+    (base / "release").touch()
+    found = []
+    for client in clients:
+        response = client.getresponse()
+        found.append((response.status, json.loads(response.read())))
+    return found
+
+
+def test_a_killed_worker_loses_only_the_request_it_was_serving(holding):
+    server, base, clients = holding()
+    holder = hold_one_and_queue_the_rest(server, base, clients)
+    assert server.worker_pids() == [holder]
+    os.kill(holder, signal.SIGKILL)
+    response = clients[0].getresponse()
+    assert response.status == 502 and "the worker serving this request died" in json.loads(response.read())["error"]
+    answers = answers_after_release(base, clients[1:])
+    assert [status for status, _ in answers] == [200] * WAITING
+    (replacement,) = server.worker_pids()
+    assert {answer["pid"] for _, answer in answers} == {replacement} != {holder}
+    assert [answer["body"] for _, answer in answers] == [f'"queued-{n}"' for n in range(WAITING)]
+
+
+def test_a_request_past_the_timeout_loses_only_itself(holding):
+    """gunicorn kills a worker silent for SAGEMAKER_MODEL_SERVER_TIMEOUT; nginx waits twice as long, so the
+    requests queued behind the stuck one are answered by the worker that replaces it."""
+    server, base, clients = holding(SAGEMAKER_MODEL_SERVER_TIMEOUT="6")
+    holder = hold_one_and_queue_the_rest(server, base, clients)
+    response = clients[0].getresponse()
+    assert response.status == 502 and "SAGEMAKER_MODEL_SERVER_TIMEOUT" in json.loads(response.read())["error"]
+    assert f"WORKER TIMEOUT (pid:{holder})" in server.output()
+    answers = answers_after_release(base, clients[1:])
+    assert [status for status, _ in answers] == [200] * WAITING

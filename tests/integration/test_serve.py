@@ -1,5 +1,5 @@
-"""`container/serve` as SageMaker runs it (gunicorn, 2 workers) with a model trained by `container/train`:
-every content type, every Accept, every error status, the payload limit, /execution-parameters."""
+"""`container/serve` as SageMaker runs it (nginx in front of gunicorn's 2 workers) with a model trained by
+`container/train`: every content type, every Accept, every error status, the payload limit, /execution-parameters."""
 
 from __future__ import annotations
 
@@ -228,8 +228,8 @@ def test_every_request_is_logged_with_status_and_latency(server):
     error(post(server, b"x", "application/xml"), 415)
     # The line is written once the answer has been sent, so it may follow the answer by a moment.
     deadline = time.monotonic() + 10
-    while not (re.search(r'"GET /ping HTTP/1\.1" 200 \d+ \d+us', server.output())
-               and re.search(r'"POST /invocations HTTP/1\.1" 415 \d+ \d+us', server.output())):
+    while not (re.search(r'"GET /ping HTTP/1\.1" 200 \d+ [\d.]+s$', server.output(), re.M)
+               and re.search(r'"POST /invocations HTTP/1\.1" 415 \d+ [\d.]+s$', server.output(), re.M)):
         assert time.monotonic() < deadline, server.output()[-3000:]
         time.sleep(0.01)
 

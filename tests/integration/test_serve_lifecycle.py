@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import requests
 
 from devkit import project
 from devkit.bodies import npy
+from devkit.net import listening
 from devkit.waiting import wait_until
 from mxnet_byoc import modeldir
 
@@ -146,29 +148,31 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits(start_server, tmp_
     server = start_server(base)
     server.wait_loaded()
     body = npy(digits[0][:100])
-    workers = server.worker_pids()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-npy\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
-        busy = wait_until(lambda: server.holder_of(sock.getsockname()[1]), what="a worker reading the request")
+        wait_until(lambda: server.holder_of(sock.getsockname()[1]), what="nginx reading the request")
         server.process.send_signal(signal.SIGTERM)
-        # The idle worker stops at once; the busy one, and with it serve, must wait for the rest of the request.
-        (idle,) = set(workers) - {busy}
-        wait_until(lambda: f"Worker exiting (pid: {idle})" in server.output(), what="the idle worker's exit")
+        # nginx stops taking connections at once, and waits for the request in flight; gunicorn, which is to
+        # answer it, is stopped only after that.
+        wait_until(lambda: not listening(server.port), what="nginx to stop listening")
         assert server.process.poll() is None, "serve exited with a request in flight"
-        assert f"Worker exiting (pid: {busy})" not in server.output()
+        assert "Handling signal: term" not in server.output()
         sock.sendall(body[len(body) // 2 :])
         status, answer = read_response(sock)
     assert status == 200
     found = np.array([p["probabilities"] for p in json.loads(answer)["predictions"]], dtype=np.float32)
     np.testing.assert_allclose(found, reference[:100], atol=1e-5)
     assert server.process.wait(30) == 0
-    assert "Shutting down: Master" in server.output()
+    log = server.output()
+    assert log.index("POST /invocations HTTP/1.1\" 200") < log.index("Handling signal: term")
+    assert "Shutting down: Master" in log
 
 
 @pytest.mark.slow
 def test_sigterm_stops_serve_even_when_a_client_stalls(start_server, tmp_path, trained_model_dir):
-    """The stalled request is cut at the end of the grace period (test_settings: below SageMaker's 30 s)."""
+    """The stalled request is cut at the end of nginx's share of the grace period (test_settings: below
+    SageMaker's 30 s)."""
     base = tmp_path / "ml"
     shutil.copytree(trained_model_dir, base / "model")
     server = start_server(base, SAGEMAKER_MODEL_SERVER_WORKERS="1")
@@ -176,6 +180,24 @@ def test_sigterm_stops_serve_even_when_a_client_stalls(start_server, tmp_path, t
     with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-npy\r\n"
                      b"Content-Length: 1000000\r\n\r\n" + b"\0" * 1000)  # and never the rest
-        wait_until(lambda: server.holder_of(sock.getsockname()[1]), what="the worker reading the request")
+        wait_until(lambda: server.holder_of(sock.getsockname()[1]), what="nginx reading the request")
         server.process.send_signal(signal.SIGTERM)
-        server.process.wait(120)  # a bound for a hang, far above the grace period
+        assert server.process.wait(120) == 0  # a bound for a hang, far above the grace period
+
+
+@pytest.mark.parametrize("which", ["nginx", "gunicorn"])
+def test_either_server_dying_stops_the_other_and_serve_fails(start_server, tmp_path, trained_model_dir, which):
+    """supervisor.py: nginx's master or gunicorn's dying ends serve with status 1 (the container exits, and is
+    replaced), the other stopped first; nothing is left running."""
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    server = start_server(base)
+    server.wait_loaded()
+    processes = server.pids()
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    masters = {("nginx" if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx" else "gunicorn"): int(pid)
+               for pid in children}
+    os.kill(masters[which], signal.SIGKILL)
+    assert server.process.wait(60) == 1
+    assert f"serve: {which} was killed by SIGKILL; stopping serve" in server.output()
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in processes), what="every process gone")

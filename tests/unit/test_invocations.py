@@ -1,5 +1,5 @@
 """POST /invocations through the `Handler` seam (handler.py) with handlers of the tests' own, and the one
-JSON error form on every path: the app's, Flask's and gunicorn's."""
+JSON error form on every path: the app's, Flask's and the worker's."""
 
 from __future__ import annotations
 
@@ -137,22 +137,14 @@ def test_every_error_path_gives_the_renderers_bytes(tmp_path):
         assert response.status == status_line and response.data == body
         assert [(k, v) for k, v in response.headers.items() if k in ("Content-Type", "Content-Length")] == headers
     ours, theirs = socket.socketpair()
-    with ours, theirs:  # gunicorn's own answers (a request it cannot parse)
-        worker._write_json_error(ours, 400, "Bad Request", "Invalid Content-Length")
+    with ours, theirs:  # the worker's own answer to a fault outside the app
+        worker.write_json_error(ours, 500, "internal error (KeyError)")
         ours.close()
         received = theirs.recv(65536)
     head, _, body = received.partition(b"\r\n\r\n")
-    status_line, headers, expected = error_response.render(400, "Invalid Content-Length", [("Connection", "close")])
+    status_line, headers, expected = error_response.render(500, "internal error (KeyError)")
     assert head.decode().split("\r\n") == [f"HTTP/1.1 {status_line}", *(f"{k}: {v}" for k, v in headers)]
-    assert body == expected == b'{"error":"Invalid Content-Length"}'
-
-
-def test_gunicorn_errors_without_a_message_give_the_reason():
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        worker._write_json_error(ours, 500, "Internal Server Error", "")
-        ours.close()
-        assert theirs.recv(65536).endswith(b'{"error":"Internal Server Error"}')
+    assert body == expected == b'{"error":"internal error (KeyError)"}'
 
 
 def test_the_mount_answers_as_a_flask_view_would(tmp_path):

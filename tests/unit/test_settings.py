@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mxnet_byoc.serve import capi, settings
+from mxnet_byoc.serve import capi, settings, supervisor
 from mxnet_byoc.serve.settings import ConfigError, from_env
 
 
@@ -45,7 +45,8 @@ def test_zero_payload_limit_means_the_batch_maximum():
 
 
 def test_graceful_shutdown_ends_before_sagemakers_sigkill():
-    assert settings.GRACEFUL_TIMEOUT_S < 30
+    """nginx's share first, then gunicorn's; the supervisor's SIGKILL for a stop that hangs, still before 30 s."""
+    assert 0 < settings.FRONT_END_SHUTDOWN_S < settings.GRACEFUL_TIMEOUT_S < supervisor.KILL_AFTER_S < 30
 
 
 @pytest.mark.parametrize(

@@ -1,238 +1,321 @@
-"""`serve`'s worker (mxnet_byoc.serve.worker): its response keeps a connection open exactly when HTTP and the
-request allow it, and sends the same bytes as gunicorn's, in one send where gunicorn makes two."""
+"""`serve`'s worker (mxnet_byoc.serve.worker): it reads the uwsgi requests nginx sends, hands the WSGI app an
+environ and a body stream, writes the app's answer as HTTP, and wakes one idle worker per connection. It was
+written against one gunicorn version, pinned here."""
 
 from __future__ import annotations
 
-import email.utils
+import io
 import os
+import re
+import select
 import socket
+import struct
+import threading
+from pathlib import Path
 from types import SimpleNamespace
 
-import gunicorn.http.wsgi
-import gunicorn.util
-import gunicorn.workers.sync
+import gunicorn
 import pytest
-from gunicorn.config import Config
-from gunicorn.http.body import Body, ChunkedReader, LengthReader
-from gunicorn.http.message import Message
 
-from mxnet_byoc.serve import settings, worker
-
-
-@pytest.fixture(autouse=True)
-def fixed_date_and_setting(monkeypatch) -> None:
-    monkeypatch.setattr(gunicorn.util, "http_date", lambda timestamp=None: "Sun, 06 Dec 2026 22:10:41 GMT")
-    monkeypatch.setattr(worker.Response, "keep_alive", False)  # whatever a test sets is undone
-    monkeypatch.setattr(worker.Response, "over_share", worker.Response.__dict__["over_share"])
+from devkit.project import ROOT
+from devkit.waiting import wait_until
+from mxnet_byoc.serve import worker
 
 
-class FakeRequest:
-    """What gunicorn's response reads of a request; `should_close` is gunicorn's own rule."""
+def packet(variables: dict[str, str], body: bytes = b"", modifier1: int = 0) -> bytes:
+    """A uwsgi request as nginx's uwsgi module writes it."""
+    encoded = b"".join(struct.pack("<H", len(k)) + k.encode("latin-1") + struct.pack("<H", len(v))
+                       + v.encode("latin-1") for k, v in variables.items())
+    return struct.pack("<BHB", modifier1, len(encoded), 0) + encoded + body
 
-    should_close = Message.should_close
 
-    def __init__(self, version: tuple[int, int] = (1, 1), headers: tuple = (), body_left: int = 0,
-                 chunked_done: bool | None = None):
-        self.version, self.method, self.headers, self.must_close = version, "POST", list(headers), False
-        if chunked_done is None:
-            self.body = Body(LengthReader(None, body_left))
-        else:
-            reader = ChunkedReader(self, None)
-            if chunked_done:
-                reader.parser = None  # what ChunkedReader does once it has read the last chunk
-            self.body = Body(reader)
+POST = {"REQUEST_METHOD": "POST", "REQUEST_URI": "/invocations?x=1", "PATH_INFO": "/invocations",
+        "QUERY_STRING": "x=1", "CONTENT_TYPE": "application/json", "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "51000",
+        "HTTP_ACCEPT": "application/json", "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES": "a=b"}
+
+
+def pinned(path: Path) -> str:
+    (version,) = re.findall(r"^gunicorn==([\w.]+)", path.read_text(), re.M)
+    return version
+
+
+def test_the_worker_is_pinned_to_the_gunicorn_it_was_written_against():
+    """An upgrade of gunicorn is deliberate: the images' pins, the venv's gunicorn and the worker's move together."""
+    docker = ROOT / "docker"
+    pins = {pinned(docker / name) for name in ("requirements.txt", "requirements-cpu.lock", "requirements-gpu.lock")}
+    assert pins == {worker.GUNICORN_VERSION} == {gunicorn.__version__}
+
+
+def received(data: bytes, pieces: int = 1) -> dict:
+    """read_request's environ for `data` arriving in `pieces` sends, with the body read to its end."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        size = -(-len(data) // pieces)
+
+        def send() -> None:
+            for start in range(0, len(data), size):
+                theirs.sendall(data[start:start + size])
+            theirs.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        environ = worker.read_request(ours)
+        environ["body"] = environ["wsgi.input"].read()
+        sender.join()
+    return environ
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 40])
+def test_a_request_becomes_a_wsgi_environ_with_its_body(pieces):
+    body = bytes(range(256)) * 40
+    environ = received(packet({**POST, "CONTENT_LENGTH": str(len(body))}, body), pieces)
+    assert {k: environ[k] for k in POST} == POST
+    assert environ["body"] == body and environ["CONTENT_LENGTH"] == str(len(body))
+    assert environ["wsgi.version"] == (1, 0) and environ["wsgi.url_scheme"] == "http"
+    assert environ["wsgi.multiprocess"] and not environ["wsgi.multithread"] and not environ["wsgi.run_once"]
+    assert environ["wsgi.input_terminated"] and environ["SCRIPT_NAME"] == "" and environ["wsgi.errors"]
+
+
+def test_a_request_without_a_body_reads_empty():
+    environ = received(packet({"REQUEST_METHOD": "GET", "PATH_INFO": "/ping", "CONTENT_LENGTH": ""}))
+    assert environ["body"] == b""
+
+
+def test_variables_are_latin_1_strings_as_pep_3333_asks():
+    environ = received(packet({"PATH_INFO": "/caf\u00e9".encode().decode("latin-1"), "CONTENT_LENGTH": "0"}))
+    assert environ["PATH_INFO"].encode("latin-1").decode() == "/caf\u00e9"
+
+
+def test_a_large_body_is_read_whole_and_nothing_past_its_end():
+    body = bytes(range(256)) * 12_000  # 3 MB
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sender = threading.Thread(target=theirs.sendall,
+                                  args=(packet({**POST, "CONTENT_LENGTH": str(len(body))}, body) + b"AFTER",))
+        sender.start()
+        stream = worker.read_request(ours)["wsgi.input"]
+        assert stream.read(len(body)) == body and stream.read(10) == b""
+        sender.join()
+        assert ours.recv(100) == b"AFTER"
+
+
+def test_a_body_that_ends_early_reads_short():
+    environ = received(packet({**POST, "CONTENT_LENGTH": "100"}, b"only 12 byte"))
+    assert environ["body"] == b"only 12 byte"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00\x10", "ended after 2 bytes"),
+    (packet(POST)[:30], "ended after 30 of"),
+    (packet(POST, modifier1=5), "modifier1 5"),
+    (struct.pack("<BHB", 0, 3, 0) + b"\x09\x00A", "runs past the end"),
+    (packet({"CONTENT_LENGTH": "-5"}), "not a length"),
+])
+def test_anything_but_a_uwsgi_request_is_refused(data, message):
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(data)
+        theirs.shutdown(socket.SHUT_WR)
+        with pytest.raises(worker.ProtocolError, match=message):
+            worker.read_request(ours)
 
 
 class CountingSocket:
-    """The send side of a socket pair, counting the sends that gunicorn's response makes."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock, self.sends = sock, 0
+    def __init__(self):
+        self.sends: list[bytes] = []
 
     def sendall(self, data: bytes) -> None:
-        self.sends += 1
-        self.sock.sendall(data)
+        self.sends.append(bytes(data))
 
 
-def answer(response_class: type, status: str, headers: list, parts: list[bytes], request: FakeRequest | None = None,
-           sync_worker: bool = False) -> tuple[bytes, int]:
-    """What a gunicorn response of `response_class` puts on the wire for one WSGI answer, and in how many sends;
-    `sync_worker`: force_close first, as gunicorn's sync worker does for every request."""
+def app_answering(status: str, headers: list, parts: list[bytes], closed: list | None = None):
+    class Result(list):
+        def close(self) -> None:
+            if closed is not None:
+                closed.append(True)
+
+    def app(environ, start_response):
+        start_response(status, headers)
+        return Result(parts)
+
+    return app
+
+
+def test_an_answer_is_its_head_and_first_piece_in_one_send_then_the_rest():
+    sock, closed = CountingSocket(), []
+    worker.answer(sock, app_answering("200 OK", [("Content-Type", "text/csv")], [b"", b"1\n", b"2\n"], closed), {})
+    assert sock.sends == [b"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\n\r\n1\n", b"2\n"]
+    assert closed == [True]
+
+
+def test_an_answer_without_a_body_is_its_head():
+    sock = CountingSocket()
+    worker.answer(sock, app_answering("204 No Content", [], []), {})
+    assert sock.sends == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+
+
+def json_error(sent: bytes) -> tuple[int, str]:
+    head, _, body = sent.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head
+    return int(head.split()[1]), body.decode()
+
+
+@pytest.mark.parametrize("app", [
+    lambda environ, start_response: 1 / 0,
+    app_answering("200 OK", [("X-Injected", "a\r\nSet-Cookie: b")], [b"x"]),
+], ids=["the app raises", "a header with a line break"])
+def test_a_fault_before_the_answer_is_a_500_in_the_apps_form(app):
+    sock = CountingSocket()
+    with pytest.raises((ZeroDivisionError, ValueError)):
+        worker.answer(sock, app, {})
+    (sent,) = sock.sends
+    status, body = json_error(sent)
+    assert status == 500 and "internal error" in body
+
+
+def test_a_fault_after_the_head_went_out_sends_nothing_more():
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        yield b"first"
+        raise RuntimeError("mid-answer")
+
+    sock = CountingSocket()
+    with pytest.raises(RuntimeError):
+        worker.answer(sock, app, {})
+    assert sock.sends == [b"HTTP/1.1 200 OK\r\n\r\nfirst"]
+
+
+def a_worker(app=None) -> tuple[worker.SyncWorker, list]:
+    """A worker object without gunicorn's process around it: its app and a log that keeps what it is told."""
+    one = worker.SyncWorker.__new__(worker.SyncWorker)
+    logged: list = []
+    one.wsgi = app
+    one.log = SimpleNamespace(warning=lambda *a: logged.append(("warning", a[0] % a[1:])),
+                              exception=lambda *a: logged.append(("exception", a[0])))
+    return one, logged
+
+
+def served(one: worker.SyncWorker, data: bytes) -> bytes:
+    ours, theirs = socket.socketpair()
+    with theirs:
+        theirs.sendall(data)
+        one.handle(None, ours, None)
+        assert ours.fileno() == -1  # handle closes the connection, whatever happened
+        return b"".join(iter(lambda: theirs.recv(65536), b""))
+
+
+def test_handle_answers_a_request_and_closes_the_connection():
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body[::-1]]
+
+    one, logged = a_worker(app)
+    answer = served(one, packet({**POST, "CONTENT_LENGTH": "3"}, b"abc"))
+    assert answer == b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ncba"
+    assert logged == []
+
+
+def test_handle_closes_unanswered_what_is_not_a_uwsgi_request():
+    one, logged = a_worker()
+    assert served(one, b"GET / HTTP/1.1\r\n\r\n") == b""
+    assert logged == [("warning", "not a uwsgi request: modifier1 71: only 0 (a WSGI request) is served")]
+
+
+def test_handle_logs_a_fault_outside_the_app_and_answers_500():
+    one, logged = a_worker(lambda environ, start_response: {}["missing"])
+    status, body = json_error(served(one, packet(POST)))
+    assert status == 500 and "KeyError" in body
+    assert logged == [("exception", "error while serving a request")]
+
+
+def test_handle_ignores_a_peer_that_has_gone():
+    ours, theirs = socket.socketpair()
+    theirs.sendall(packet(POST))
+
+    def app(environ, start_response):  # nginx gave up on the request while the app worked
+        theirs.close()
+        start_response("200 OK", [])
+        return [b"x" * 1_000_000]
+
+    one, logged = a_worker(app)
+    one.handle(None, ours, None)
+    assert logged == [] and ours.fileno() == -1
+
+
+def test_a_new_connection_wakes_one_idle_worker_of_two():
+    """Two workers wait on one listening socket; a connection wakes one of them, the other sleeps on to its
+    timeout (gunicorn's own wait wakes both)."""
+    pipes = [socket.socketpair() for _ in range(2)]
+    path = Path(f"/tmp/worker-wait-{os.getpid()}.sock")
+    path.unlink(missing_ok=True)
+    workers, woken, tids = [], [], []
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        listener.setblocking(False)
+        for _, wake_read in pipes:
+            one, _ = a_worker()
+            one.sockets, one.PIPE, one.notify = [listener], [wake_read.fileno(), None], lambda: None
+            workers.append(one)
+
+        def wait(one: worker.SyncWorker) -> None:
+            tids.append(threading.get_native_id())
+            woken.append(one.wait(1))
+
+        threads = [threading.Thread(target=wait, args=(one,)) for one in workers]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: len(tids) == 2 and all(asleep(tid) for tid in tids), what="both workers asleep")
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                for thread in threads:
+                    thread.join()
+            listening = listener.fileno()
+        finally:
+            path.unlink()
+            for one in workers:
+                if one.poller is not None:
+                    one.poller.close()
+            for pair in pipes:
+                for end in pair:
+                    end.close()
+    assert sorted(woken) == [[], [listening]]
+
+
+def asleep(tid: int) -> bool:
+    """Whether thread `tid` of this process sleeps in a system call (its state in /proc is S)."""
+    return Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S"
+
+
+def test_a_signal_wakes_a_waiting_worker_through_gunicorns_pipe():
+    wake_write, wake_read = socket.socketpair()
+    with socket.socket() as listener, wake_write, wake_read:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        one, _ = a_worker()
+        one.sockets, one.PIPE, one.notify = [listener], [wake_read.fileno(), None], lambda: None
+        wake_write.send(b".")
+        try:
+            assert one.wait(5) == [wake_read.fileno()]
+            assert select.select([wake_read], [], [], 0)[0] == []  # the byte was read
+        finally:
+            one.poller.close()
+
+
+def test_the_error_answer_is_the_renderers():
+    sock = CountingSocket()
+    worker.write_json_error(sock, 400, "bad")
+    assert sock.sends == [b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n"
+                          b'{"error":"bad"}']
+
+
+def test_the_body_is_a_buffered_stream():
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        sock = CountingSocket(ours)
-        response = response_class(request or FakeRequest(headers=[("CONNECTION", "close")]), sock, Config())
-        if sync_worker:
-            response.force_close()
-        write = response.start_response(status, headers)
-        for part in parts:
-            write(part)
-        response.close()
-        ours.shutdown(socket.SHUT_WR)
-        received = b"".join(iter(lambda: theirs.recv(65536), b""))
-    return received, sock.sends
-
-
-JSON_21 = [("Content-Type", "application/json"), ("Content-Length", "21")]
-
-
-@pytest.mark.parametrize("status, headers, parts, sends", [
-    ("200 OK", JSON_21, [b'{"predictions":[1.0]}'], 1),
-    ("415 Unsupported Media Type", [("Content-Type", "application/json"), ("Content-Length", "2")], [b"{}"], 1),
-    ("200 OK", [("Content-Type", "text/csv"), ("Content-Length", "4")], [b"1\n", b"2\n"], 3),  # in parts: as before
-    ("200 OK", [("Content-Type", "text/csv")], [b"1\n"], 3),  # no length: chunked, as gunicorn does it
-    ("200 OK", [("Content-Length", "9")], [b"too short"[:5]], 2),  # shorter than declared: gunicorn's way
-])
-def test_an_answer_goes_out_in_one_send_with_the_bytes_gunicorn_sends(status, headers, parts, sends):
-    gunicorns, _ = answer(gunicorn.http.wsgi.Response, status, headers, parts)
-    ours, count = answer(worker.Response, status, headers, parts)
-    assert ours == gunicorns
-    assert count == sends
-
-
-def connection_header(received: bytes) -> str:
-    (value,) = (line[len(b"Connection: "):] for line in received.split(b"\r\n") if line.startswith(b"Connection: "))
-    return value.decode()
-
-
-@pytest.mark.parametrize("request_, headers, kept", [
-    (FakeRequest(), JSON_21, True),
-    (FakeRequest(), [("Content-Type", "application/json")], True),  # chunked: its end is marked
-    (FakeRequest(body_left=5), JSON_21, False),  # a refused body left unread: it would come first
-    (FakeRequest(chunked_done=True), JSON_21, True),
-    (FakeRequest(chunked_done=False), JSON_21, False),
-    (FakeRequest(version=(1, 0)), JSON_21, False),  # HTTP/1.0 closes unless asked not to
-    (FakeRequest(version=(1, 0), headers=[("CONNECTION", "keep-alive")]), JSON_21, True),
-    (FakeRequest(headers=[("CONNECTION", "close")]), JSON_21, False),
-], ids=["length", "chunked answer", "body unread", "chunked body read", "chunked body unread", "HTTP/1.0",
-        "HTTP/1.0 keep-alive", "client closes"])
-def test_the_connection_is_kept_when_the_head_says_so_and_only_then(monkeypatch, request_, headers, kept):
-    monkeypatch.setattr(worker.Response, "keep_alive", True)
-    received, _ = answer(worker.Response, "200 OK", headers, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
-    assert connection_header(received) == ("keep-alive" if kept else "close")
-    assert request_.keep_connection is kept
-
-
-def test_with_keep_alive_off_every_answer_closes_as_gunicorns_sync_worker_does():
-    request_ = FakeRequest()
-    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
-    gunicorns, _ = answer(gunicorn.http.wsgi.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], FakeRequest(),
-                          sync_worker=True)
-    assert received == gunicorns and connection_header(received) == "close"
-    assert request_.keep_connection is False
-
-
-@pytest.mark.parametrize("keep_alive_s", [0, 5])
-def test_a_worker_installs_its_response_and_error_writer_and_its_keep_alive_setting(monkeypatch, keep_alive_s):
-    one = worker.SyncWorker.__new__(worker.SyncWorker)
-    one.app = SimpleNamespace(config=settings.from_env({settings.KEEP_ALIVE_S: str(keep_alive_s)}),
-                              connection_counts=worker.ConnectionCounts(2))
-    one.slot = 1
-    one.cfg = Config()
-    monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "init_process", lambda self: None)
-    monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
-    monkeypatch.setattr(gunicorn.http.wsgi, "Response", gunicorn.http.wsgi.Response)
-    one.init_process()
-    assert gunicorn.http.wsgi.Response is worker.Response
-    assert gunicorn.util.write_error is worker._write_json_error
-    assert gunicorn.util.http_date is worker.http_date
-    assert vars(one.cfg)["limit_request_fields"] == one.cfg.settings["limit_request_fields"].get()
-    assert worker.Response.keep_alive is (keep_alive_s > 0) and one.keep_alive_s == keep_alive_s
-    assert worker.Response.over_share == one.over_share
-    assert list(one.counts.counts) == [worker.NOT_SERVING] * 2 and one.counts.slot == 1  # serving once it runs
-
-
-def test_connection_counts_are_shared_with_forked_workers_and_name_the_fewest_elsewhere():
-    counts = worker.ConnectionCounts(3)
-    pid = os.fork()
-    if pid == 0:  # a worker: takes slot 1, then holds 4 connections
-        counts.take(1)
-        counts.set(4)
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert list(counts.counts) == [worker.NOT_SERVING, 4, worker.NOT_SERVING]
-    counts.take(0)
-    counts.set(2)
-    assert counts.fewest_elsewhere() == 4
-    counts.counts[2] = 0
-    assert counts.fewest_elsewhere() == 0
-    counts.take(7)  # beyond the array: not counted, and sees every serving worker
-    counts.set(9)
-    assert list(counts.counts) == [2, 4, 0] and counts.fewest_elsewhere() == 0
-
-
-@pytest.mark.parametrize("held, others, over", [
-    (5, [worker.NOT_SERVING], False),  # no other worker serves: keep them all
-    (5, [4], False), (5, [3], True), (2, [0, 9], True), (1, [0], False),
-])
-def test_a_worker_sheds_connections_only_when_it_holds_two_more_than_another(held, others, over):
-    one = worker.SyncWorker.__new__(worker.SyncWorker)
-    one.counts, one.held = worker.ConnectionCounts(1 + len(others)), held
-    one.counts.take(0)
-    for slot, count in enumerate(others, 1):
-        one.counts.counts[slot] = count
-    assert one.over_share() is over
-
-
-def test_the_share_is_asked_once_per_answer_so_the_head_and_the_worker_agree(monkeypatch):
-    answers = iter([False, True, True])  # another worker's count changes while the head is written
-    monkeypatch.setattr(worker.Response, "keep_alive", True)
-    monkeypatch.setattr(worker.Response, "over_share", staticmethod(lambda: next(answers)))
-    request_ = FakeRequest()
-    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
-    assert connection_header(received) == "keep-alive" and request_.keep_connection is True
-
-
-def test_an_answer_of_a_worker_over_its_share_closes_its_connection(monkeypatch):
-    monkeypatch.setattr(worker.Response, "keep_alive", True)
-    monkeypatch.setattr(worker.Response, "over_share", staticmethod(lambda: True))
-    request_ = FakeRequest()
-    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
-    assert connection_header(received) == "close" and request_.keep_connection is False
-
-
-def test_a_stopping_worker_tells_the_clients_of_answers_in_flight_that_it_closes(monkeypatch):
-    monkeypatch.setattr(worker.Response, "keep_alive", True)
-    one = worker.SyncWorker.__new__(worker.SyncWorker)
-    monkeypatch.setattr(gunicorn.workers.sync.SyncWorker, "handle_exit", lambda self, sig, frame: None)
-    one.handle_exit(15, None)
-    request_ = FakeRequest()
-    received, _ = answer(worker.Response, "200 OK", JSON_21, [b'{"predictions":[1.0]}'], request_, sync_worker=True)
-    assert connection_header(received) == "close"
-
-
-def test_the_date_header_is_gunicorns_text_formatted_once_a_second(monkeypatch):
-    formatted, format_date = [], email.utils.formatdate
-
-    def formatdate(timestamp: float, usegmt: bool) -> str:
-        formatted.append(timestamp)
-        return format_date(timestamp, usegmt=usegmt)
-
-    clock = iter([1796595041.01, 1796595041.5, 1796595041.99, 1796595042.0, 1796595042.7])
-    monkeypatch.setattr(worker.time, "time", lambda: next(clock))
-    monkeypatch.setattr(worker, "_date_second", -1)
-    monkeypatch.setattr(worker.email.utils, "formatdate", formatdate)
-    dates = [worker.http_date() for _ in range(5)]
-    assert dates == ["Sun, 06 Dec 2026 22:10:41 GMT"] * 3 + ["Sun, 06 Dec 2026 22:10:42 GMT"] * 2
-    assert len(formatted) == 2
-    assert worker.http_date(1796595041.5) == "Sun, 06 Dec 2026 22:10:41 GMT"  # gunicorn's timestamp argument
-
-
-def test_settings_become_attributes_and_a_request_is_parsed_without_config_getattr(monkeypatch):
-    cfg = Config()
-    cfg.set("limit_request_fields", 7)
-    worker.settings_as_attributes(cfg)
-    looked_up = []
-    lookup = Config.__getattr__
-    monkeypatch.setattr(Config, "__getattr__", lambda self, name: looked_up.append(name) or lookup(self, name))
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        theirs.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: 2\r\n\r\n{}")
-        request = next(gunicorn.http.RequestParser(cfg, ours, ("127.0.0.1", 1)))
-        response, environ = gunicorn.http.wsgi.create(request, ours, ("127.0.0.1", 1), ("127.0.0.1", 8080), cfg)
-    assert looked_up == []
-    assert environ["PATH_INFO"] == "/invocations" and environ["CONTENT_LENGTH"] == "2"
-    assert cfg.limit_request_fields == 7 and not cfg.is_ssl
-    plain = [name for name in cfg.settings if not isinstance(getattr(Config, name, None), property)]
-    assert all(getattr(cfg, name) == cfg.settings[name].get() for name in plain)
+        theirs.sendall(packet({**POST, "CONTENT_LENGTH": "11"}, b"line 1\nline"))
+        stream = worker.read_request(ours)["wsgi.input"]
+        assert isinstance(stream, io.BufferedReader)
+        assert stream.readline() == b"line 1\n" and list(stream) == [b"line"]

@@ -1,4 +1,5 @@
-"""The memory allocator of `serve`'s processes: jemalloc in place of glibc's malloc, when the machine has it.
+"""The memory allocator of `serve`'s Python processes (gunicorn's master and workers; nginx runs without it):
+jemalloc in place of glibc's malloc, when the machine has it.
 
 Why: a request allocates and frees many small objects (JSON, numpy and NDArray headers, MXNet's operator
 state), which jemalloc's per-thread caches make cheaper than glibc's malloc, while it keeps about as much of a large

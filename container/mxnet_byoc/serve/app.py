@@ -7,13 +7,15 @@ unusable is retried whenever its files change.
 
 POST /invocations, the one endpoint under load, is a plain WSGI callable mounted in front of Flask's
 dispatch (Flask's documented `app.wsgi_app` middleware slot); Flask serves every other path. Why: Flask's
-dispatch around the same callable costs 60-85 us of CPU per request against 2-3 (bench/fastpath_bench.py),
-about a sixth of a whole one-image request.
+dispatch around the same callable is a large part of a one-image request's CPU (`bench/serve_bench.py --mode
+fastpath`, row "/invocations in front of Flask's dispatch").
+
+The body comes from the WSGI input stream, whichever server gives it (`serve`'s worker.py, gunicorn's own, a test
+client); the app knows nothing of the server.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
@@ -168,9 +170,11 @@ class Invocations:
                 return _error_answer(start_response, 503, self.loader.reason)
             try:
                 body = _read_body(environ, self.config.max_payload_bytes, self.limit_text)
-            except TimeoutError:  # the connection's read timeout (worker.SyncWorker)
+            except TimeoutError:  # a server whose input stream has a read timeout
                 raise RequestTimeout(
                     f"the body stalled: nothing arrived for {self.config.read_timeout_s:g} s") from None
+            except OSError as e:  # the server could not read the body: a malformed chunk, a connection cut short
+                raise BadRequest(f"the body could not be read: {e or type(e).__name__}") from None
             answer, content_type = handler.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
             start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(answer)))])
             return [answer]
@@ -215,9 +219,7 @@ def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
         if length > limit:
             raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit_text}")
         try:
-            body = _read_from_socket(stream, length)
-            if body is None:
-                body = stream.read(length)
+            body = stream.read(length)
         except MemoryError:  # the one allocation here is the body's: its size is the cause
             raise PayloadTooLarge(f"the body has {length} bytes, more than this worker can hold now") from None
         if len(body) < length:
@@ -232,39 +234,6 @@ def _read_body(environ: dict, limit: int, limit_text: str) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit_text}")
         parts.append(part)
-
-
-def _read_from_socket(stream: Any, length: int) -> bytearray | None:
-    """A gunicorn request body of `length` bytes, received straight into one buffer; None for any other
-    stream (Flask's test client, another server).
-
-    gunicorn's readers copy every 8 KiB chunk three times on its way to the caller: 5.9-9.4 ms of CPU for
-    a 3.1 MB body against 0.45-0.7 ms here (bench/fastpath_bench.py), as much as the mlp's forward pass over
-    those 1,000 images. This takes the bytes gunicorn has
-    already received beyond the headers, then `recv_into` the rest; the socket's timeout still applies,
-    and gunicorn's readers are left as if they had read the body themselves.
-    """
-    reader = getattr(stream, "reader", None)  # gunicorn.http.body.LengthReader
-    unreader = getattr(reader, "unreader", None)  # gunicorn.http.unreader.SocketUnreader
-    sock, received = getattr(unreader, "sock", None), getattr(unreader, "buf", None)
-    body_buffer = getattr(stream, "buf", None)
-    if (sock is None or not isinstance(received, io.BytesIO) or not isinstance(body_buffer, io.BytesIO)
-            or body_buffer.tell() != 0 or getattr(reader, "length", None) != length):
-        return None
-    pending = received.getvalue()
-    body = bytearray(length)
-    got = min(len(pending), length)
-    body[:got] = pending[:got]
-    unreader.buf = io.BytesIO()
-    unreader.buf.write(pending[got:])  # bytes beyond this body stay gunicorn's
-    view = memoryview(body)
-    while got < length:
-        count = sock.recv_into(view[got:])
-        if not count:
-            break
-        got += count
-    reader.length -= got
-    return body if got == length else body[:got]
 
 
 def _discard_body(environ: dict) -> None:

@@ -1,4 +1,4 @@
-"""The serving settings, read from the environment once (server.main): gunicorn and the app share them.
+"""The serving settings, read from the environment once (server.main): nginx, gunicorn and the app share them.
 
 Every value is checked here, so a bad setting stops `serve` at start with a message naming the variable,
 rather than surfacing as odd behaviour under load.
@@ -20,8 +20,8 @@ MODEL_SERVER_TIMEOUT = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
 MAX_PAYLOAD_IN_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
 DEFAULT_INVOCATIONS_ACCEPT = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
-SERVE_HOST = "MXNET_BYOC_SERVE_HOST"  # interface `serve` binds; 0.0.0.0 in the image, 127.0.0.1 in tests
-KEEP_ALIVE_S = "MXNET_BYOC_KEEP_ALIVE_S"  # seconds an idle connection stays open (worker.py); 0: none
+SERVE_HOST = "MXNET_BYOC_SERVE_HOST"  # interface nginx listens on; 0.0.0.0 in the image, 127.0.0.1 in tests
+KEEP_ALIVE_S = "MXNET_BYOC_KEEP_ALIVE_S"  # seconds nginx keeps an idle client connection open; 0: none
 # MXNet's and OpenMP's own variables, which `serve` gives defaults for every worker.
 MXNET_LIBRARY_PATH = "MXNET_LIBRARY_PATH"  # libmxnet.so to load, as MXNet's own loader reads it
 MXNET_ENGINE_TYPE = "MXNET_ENGINE_TYPE"
@@ -37,6 +37,9 @@ DEFAULT_KEEP_ALIVE_S = 5  # as AWS's reference container (nginx's keepalive_time
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's real-time limit
 BATCH_MAX_PAYLOAD_MB = 100  # the most a batch transform job sends; MaxPayloadInMB=0 stands for it
 GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM: finish requests in flight before that
+# Of which nginx gets this long for the requests in flight (supervisor.py), gunicorn the rest.
+FRONT_END_SHUTDOWN_S = 20
+BACKLOG = 2048  # connections waiting to be accepted, by nginx from clients and by gunicorn from nginx
 BATCH_STRATEGIES = ("MULTI_RECORD", "SINGLE_RECORD")
 MIB = 1024 * 1024  # a "MB" is read as MiB, the larger reading, so the limit is never below SageMaker's
 
@@ -62,8 +65,8 @@ class ServerConfig:
 
     @property
     def read_timeout_s(self) -> float:
-        """How long a worker waits for more of a request before dropping it (headers) or answering 408
-        (body): well before gunicorn kills a worker that has not reported in for `timeout_s`."""
+        """How long nginx waits for more of a request (its headers or its body) before it drops the
+        connection; no worker waits for a client (nginx hands it whole requests)."""
         return self.timeout_s / 2
 
     def execution_parameters(self) -> dict[str, object]:
