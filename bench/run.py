@@ -5,7 +5,7 @@ docs/performance.md and README's Performance table from there.
 
     .venv/bin/python bench/run.py [PART ...]        (make bench BENCH="PART ...")
 
-A PART is a bench (serving, training, images, fastpath) or one of its modes (serving.batch, training.accuracy);
+A PART is a bench (serving, training, images) or one of its modes (serving.batch, training.accuracy);
 none: every bench's default modes. Exits non-zero when a mode failed, after recording it.
 """
 
@@ -21,9 +21,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-BENCHES = {"training": "train_bench.py", "serving": "serve_bench.py", "fastpath": "fastpath_bench.py",
-           "images": "image_bench.py"}
-WHOLE = {"fastpath"}  # benches without modes or figures: run whole, their output kept
+BENCHES = {"training": "train_bench.py", "serving": "serve_bench.py", "images": "image_bench.py"}
 
 
 def machine() -> dict[str, str]:
@@ -45,9 +43,6 @@ def sections(parts: list[str]) -> list[tuple[str, str | None, int]]:
         name, _, mode = part.partition(".")
         if name not in BENCHES:
             sys.exit(f"unknown bench {name!r}: expected one of {', '.join(BENCHES)} (or BENCH.MODE)")
-        if name in WHOLE:
-            found.append((name, None, 0))
-            continue
         listed = subprocess.run([sys.executable, str(BENCH / BENCHES[name]), "--list-modes"], capture_output=True,
                                 text=True, check=True).stdout.split()
         found += [(name, m, listed.index(m) if m in listed else len(listed)) for m in ([mode] if mode else listed)]

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from figures import Mode, main
-from serving import ab, allocator, aws, batch, one_image, rig, startup
+from serving import ab, allocator, aws, batch, fastpath, load, one_image, rig, startup
 
 MODES = {
     "one-image": Mode(one_image.run, "one-image JSON against the plain endpoint, the ceiling, where a worker's CPU "
@@ -27,8 +27,12 @@ MODES = {
     "allocator": Mode(allocator.run, "glibc's malloc, jemalloc and tcmalloc in serve", {"rounds": 6, "duration": 3}),
     "aws": Mode(aws.run, "script handlers against AWS's MXNet serving stack", {"rounds": 3, "duration": 5}),
     "ab": Mode(ab.run, "serve against serve at --commit", {"rounds": 6, "duration": 3}),
+    "fastpath": Mode(fastpath.run, "each fast path against the plain code it replaces, its gain beside its noise",
+                     {"rounds": 8, "duration": 3}),
+    "load": Mode(load.run, "steady load, then a worker killed every --kill-every s: failed requests per kill",
+                 {"duration": 30}),
 }
-DEFAULT = ["one-image", "batch", "startup", "allocator", "aws"]
+DEFAULT = ["one-image", "batch", "startup", "allocator", "aws", "fastpath", "load"]
 
 
 def options(parser) -> None:
@@ -44,6 +48,10 @@ def options(parser) -> None:
     parser.add_argument("--aws-venv", type=Path, default=aws.AWS_VENV, help="aws: where AWS's stack is installed")
     parser.add_argument("--commit", default="HEAD", help="ab: the `serve` to compare the working tree's with")
     parser.add_argument("--concurrency", default="1,8,32", help="ab: concurrencies")
+    parser.add_argument("--load-concurrency", type=int, default=32, help="load: wrk's connections")
+    parser.add_argument("--kill-every", type=float, default=5.0, help="load: seconds between two SIGKILLs")
+    parser.add_argument("--keep-alive-s", type=int, help="load: serve's MXNET_BYOC_KEEP_ALIVE_S (default: serve's)")
+    parser.add_argument("--load-against", help="load: the same runs first on serve at this commit")
 
 
 if __name__ == "__main__":

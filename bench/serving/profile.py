@@ -19,7 +19,7 @@ from .rig import Bench, wrk_command, wrk_result
 # py-spy stacks to stages: the innermost frame that matches a rule names the stage of a sample.
 STAGES = [  # (stage, the end of the frame's file path, its function names or None for any)
     ("idle", "/gunicorn/workers/sync.py", {"SyncWorker.wait"}),  # gunicorn's worker (the plain endpoint)
-    ("idle", "/serve/worker.py", {"SyncWorker.wait_for_work"}),
+    ("idle", "/serve/worker.py", {"SyncWorker.wait"}),
     ("predict (forward pass)", "/serve/cpredict.py", None),
     ("predict (forward pass)", "/serve/network.py", None),
     ("user script: MXNet's Python (NDArray, Gluon)", "/mxnet/", None),  # the built-in path has no such frame
@@ -30,12 +30,10 @@ STAGES = [  # (stage, the end of the frame's file path, its function names or No
     ("pixels to float32", "/serve/codecs.py", {"_stack", "_pixels", "_to_unit_range", "_one_to_unit_range",
                                                "_each_to_unit_range", "_to_batch"}),
     ("decode, other", "/serve/codecs.py", None),
-    ("body read", "/serve/app.py", {"_read_body", "_read_from_socket"}),
-    ("request log", "/serve/server.py", {"RequestLog.access"}),
-    ("gunicorn: environ, send the answer", "/serve/worker.py", {"Response.write", "Response.default_headers",
-                                                                "Response.should_close", "_body_read"}),
+    ("body read", "/serve/app.py", {"_read_body"}),
+    ("body read", "/serve/worker.py", {"Body.readinto"}),
+    ("uwsgi request read, answer written", "/serve/worker.py", None),  # serve's worker, behind nginx
     ("request log", "/gunicorn/glogging.py", None),
-    ("gunicorn: accept, close, loop", "/serve/worker.py", None),  # our worker class
     ("app, other (dispatch, handler)", "/serve/", None),
     ("app, other (dispatch, handler)", "/trivial_app.py", None),
     ("Flask and werkzeug", "/flask/", None),
@@ -71,7 +69,7 @@ def sample(bench: Bench, server: Server, body: Path) -> collections.Counter | st
     spy, seconds = py_spy(), bench.args.profile_seconds
     if spy is None:
         return "py-spy is not installed (requirements-dev.txt has it)"
-    worker = [pid for pid in server.pids() if pid != server.process.pid][0]
+    worker = server.worker_pids()[0]
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": "application/json"}
     load = subprocess.Popen(wrk_command(bench.wrk, bench.script, server, 8, seconds + 2), env=env,
                             stdout=subprocess.PIPE, text=True)
