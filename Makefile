@@ -34,7 +34,7 @@ EXTRA_CA ?= $(or $(PIP_CERT),$(shell sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:
 
 DOCKER_BUILD := docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
-.PHONY: venv client-venv docker host-nginx base-image extra-ca image-cpu image-cpu-lean image-gpu images test test-sdk3 demo bench lint locks
+.PHONY: venv client-venv docker host-packages base-image extra-ca image-cpu image-cpu-lean image-gpu images test test-sdk3 demo bench lint locks
 
 # The virtualenv, reinstalled when a requirements file changes (the stamp records the last install).
 venv: $(VENV)/.installed
@@ -72,13 +72,15 @@ image-gpu: base-image extra-ca
 
 images: image-cpu image-cpu-lean image-gpu
 
-# nginx on this machine: `serve` runs it in front of gunicorn, in the tests and benches as in the images.
-host-nginx:
-	test -x /usr/sbin/nginx || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx \
-		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx; }
+# Packages of this machine: nginx, which `serve` runs in front of gunicorn (in the tests and benches as in the
+# images), and wrk, the load that the tests and benches put on serve.
+host-packages:
+	test -x /usr/sbin/nginx -a -x /usr/bin/wrk || DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		--no-install-recommends nginx wrk \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx wrk; }
 
 # pytest's exit code 5 (no test collected) is a failure here, as it is for CI.
-test: venv host-nginx images
+test: venv host-packages images
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 	$(MAKE) test-sdk3
 
@@ -88,12 +90,12 @@ test-sdk3: client-venv image-cpu
 	$(CLIENT_PY) -m pytest tests/container/sdk3 tests/unit/test_byoctl_aws_calls.py tests/unit/test_byoctl_imports.py \
 		$(SDK3_PYTEST_ARGS)
 
-demo: venv host-nginx
+demo: venv host-packages
 	$(PY) -m devkit.demo $(DEMO_ARGS)
 
 # BENCH="serving training.accuracy ..." runs only those benches or modes (bench/run.py); what each measured goes
 # to bench/results/, then into docs/performance.md and README's Performance table, whatever ran or failed.
-bench: venv host-nginx
+bench: venv host-packages
 	status=0; $(PY) bench/run.py $(BENCH) || status=$$?; scripts/gen-readme-tables.sh; exit $$status
 
 # scripts/check_no_history.py: README, docs/ and comments say what the project is, never how it was made.

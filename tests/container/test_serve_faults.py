@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 
 from devkit.idx import mnist_arrays
@@ -24,6 +25,8 @@ from devkit.script_models import copy_aws_model, write_script
 from devkit.servers import ContainerServer
 from devkit.shell import sh
 from devkit.waiting import wait_until
+
+pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 # In the container: SIGKILL to one of gunicorn's workers (the children of PID 1's child that is not nginx).
 KILL_A_WORKER = """

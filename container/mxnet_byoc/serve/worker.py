@@ -7,16 +7,15 @@ processes (it forks them, replaces one that dies, kills one past SAGEMAKER_MODEL
 gracefully) and each worker accepts connections as gunicorn's sync worker does; for each connection, `handle`
 here reads that request, calls the WSGI app and writes its answer, in place of gunicorn's HTTP parser and
 response writer. Why: nginx has parsed the request already, and gunicorn's parsing it a second time, building the
-environ and writing the answer cost more CPU than nginx's whole part of a request (bench row "requests reach the
-worker as uwsgi, not HTTP").
+environ and writing the answer are a large part of a one-image request's CPU (bench row "requests reach the worker
+as uwsgi, not HTTP").
 
 The app sees only WSGI; its body is a buffered reader over the socket, which reads a body whole into the bytes it
 returns, without a copy in between.
 
 Written against gunicorn GUNICORN_VERSION, which tests/unit/test_worker.py pins: it overrides the sync worker's
 `handle(listener, client, addr)` and `wait(timeout)`, and uses the worker's `wsgi` (the app), `log`, `sockets`,
-`PIPE` and `notify`. An upgrade of gunicorn is a
-deliberate act: rerun test_worker.py, then move the pin.
+`PIPE` and `notify`. An upgrade of gunicorn is a deliberate act: rerun test_worker.py, then move the pin.
 """
 
 from __future__ import annotations
@@ -67,16 +66,18 @@ class SyncWorker(GunicornSyncWorker):
     poller: select.epoll | None = None
 
     def wait(self, timeout: float) -> list:
+        """As gunicorn's: the listeners with a connection waiting, and its wake-up pipe when a signal wrote to it."""
         self.notify()
         if self.poller is None:
             self.poller = select.epoll()
             for listener in self.sockets:
                 self.poller.register(listener, select.EPOLLIN | select.EPOLLEXCLUSIVE)
             self.poller.register(self.PIPE[0], select.EPOLLIN)  # gunicorn's signal handlers write to it
-        ready = [fd for fd, _ in self.poller.poll(timeout)]
+        ready = {fd for fd, _ in self.poller.poll(timeout)}
         if self.PIPE[0] in ready:
             os.read(self.PIPE[0], 1)
-        return ready
+        return [listener for listener in self.sockets if listener.fileno() in ready] + [
+            fd for fd in (self.PIPE[0],) if fd in ready]
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         try:
