@@ -75,15 +75,19 @@ OTHER_STATUSES = [
 ]
 SETTINGS = {  # variable: (its default, what it does); None: the default comes from the code
     settings.BIND_TO_PORT: (settings.DEFAULT_PORT, "the port to listen on"),
-    settings.MODEL_SERVER_WORKERS: ("one per CPU (affinity mask and cgroup quota)",
+    settings.MODEL_SERVER_WORKERS: ("one per GPU, else one per CPU (affinity mask and cgroup quota)",
                                     "worker processes, each with its own copy of the model"),
     settings.MODEL_SERVER_TIMEOUT: (settings.DEFAULT_TIMEOUT_S, "seconds a request may take before its worker is "
                                     "restarted; half of it is how long a client may stall"),
     settings.MAX_PAYLOAD_IN_MB: (settings.DEFAULT_MAX_PAYLOAD_MB, f"the payload limit; batch transform sets it from "
                                  f"`MaxPayloadInMB` (0 means {settings.BATCH_MAX_PAYLOAD_MB})"),
-    settings.BATCH_STRATEGY: (settings.BATCH_STRATEGIES[0], "what `/execution-parameters` reports (or "
-                              + ", ".join(f"`{s}`" for s in settings.BATCH_STRATEGIES[1:]) + ")"),
-    settings.DEFAULT_INVOCATIONS_ACCEPT: (mediatypes.JSON, "the response type for `*/*` or no `Accept`"),
+    settings.BATCH_STRATEGY: (settings.BATCH_STRATEGIES[0], "`/execution-parameters` reports it as the API names it ("
+                              + ", ".join(f"`{settings.BATCH_STRATEGY_NAMES[s]}`" for s in settings.BATCH_STRATEGIES)
+                              + "), which SDK local mode takes when a transform names no strategy"),
+    settings.DEFAULT_INVOCATIONS_ACCEPT: (mediatypes.JSON, "the response type for `*/*` or no `Accept`: any one type; "
+                                          "a handler that can never answer it refuses to load, saying so"),
+    settings.MULTI_MODEL: ("false", "`true`: a multi-model endpoint ([docs/multi-model.md](docs/multi-model.md), which "
+                           "also lists the `MMS_*` settings of AWS's image that `serve` reads)"),
     settings.SERVE_HOST: (settings.DEFAULT_HOST, "the interface to listen on (the tests use `127.0.0.1`)"),
     settings.KEEP_ALIVE_S: (settings.DEFAULT_KEEP_ALIVE_S, "seconds an idle client connection stays open for its next "
                             "request; 0 closes every connection after its answer"),

@@ -209,7 +209,7 @@ def test_payload_limit_applies_to_chunked_bodies(server, digits, reference):
 def test_execution_parameters(server):
     response = requests.get(server.url("/execution-parameters"), timeout=5)
     assert response.status_code == 200
-    assert response.json() == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+    assert response.json() == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6}
 
 
 def test_unknown_routes_answer_json(server):
@@ -242,7 +242,7 @@ def test_settings_from_sagemaker_variables(start_server, tmp_path, trained_model
                           SAGEMAKER_BATCH="true")
     server.wait_loaded()
     assert requests.get(server.url("/execution-parameters"), timeout=5).json() == {
-        "MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 20}
+        "MaxConcurrentTransforms": 1, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 20}
     images = np.tile(digits[0], (30, 1, 1))  # 15,000 images, 11.8 MB: above 6 MB, below 20
     response = post(server, npy(images), "application/x-npy")
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/csv")

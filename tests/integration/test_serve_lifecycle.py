@@ -112,7 +112,7 @@ def test_module_api_model_ending_in_softmax_output_answers_its_probabilities(sta
 @pytest.mark.parametrize(
     "variable, value",
     [("SAGEMAKER_MODEL_SERVER_WORKERS", "many"), ("SAGEMAKER_BIND_TO_PORT", "0"),
-     ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/xml")],
+     ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "*/*")],
 )
 def test_a_bad_setting_stops_serve_with_one_clear_line(tmp_path, variable, value):
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path), variable: value}

@@ -28,7 +28,8 @@ class Echo:
     def __init__(self, raises: BaseException | None = None):
         self.raises = raises
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
+               headers: object = None) -> tuple[bytes, str]:
         if self.raises is not None:
             raise self.raises
         return json.dumps([body.decode(), content_type, accept]).encode(), "application/x-echo"

@@ -172,7 +172,7 @@ def test_payload_limit_is_413_and_just_below_it_works(client):
 def test_execution_parameters(client):
     response = client.get("/execution-parameters")
     assert response.status_code == 200
-    assert response.get_json() == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD",
+    assert response.get_json() == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MultiRecord",
                                    "MaxPayloadInMB": LIMIT_MB}
 
 

@@ -121,7 +121,7 @@ def test_batch_transform_through_user_handlers(aws_model):
     assert loader.wait(30), loader.reason
     client = app.test_client()
     assert client.get("/execution-parameters").get_json() == {
-        "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6}
     response = client.post("/invocations", data=b"1,2\n3,4\n5,6\n", content_type="text/csv",
                            headers={"Accept": "text/csv"})
     assert (response.status_code, response.get_data(), response.headers["Content-Type"]) == (

@@ -34,8 +34,8 @@ def reads(monkeypatch) -> list[settings.ServerConfig]:
     found = []
     original = settings.from_env
 
-    def counted(env=None):
-        found.append(original(env))
+    def counted(env=None, gpu_count=0):
+        found.append(original(env, gpu_count))
         return found[-1]
 
     monkeypatch.setattr(settings, "from_env", counted)

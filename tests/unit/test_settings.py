@@ -20,7 +20,7 @@ def test_defaults_follow_sagemaker():
     assert config.default_accept == "application/json"
     assert config.keep_alive_s == 5  # AWS's reference container: nginx's keepalive_timeout 5
     assert config.execution_parameters() == {
-        "MaxConcurrentTransforms": config.workers, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6,
+        "MaxConcurrentTransforms": config.workers, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6,
     }
 
 
@@ -35,7 +35,7 @@ def test_sagemaker_variables_are_read():
     assert (config.host, config.port, config.workers, config.timeout_s) == ("127.0.0.1", 9090, 3, 120)
     assert config.max_payload_bytes == 100 * 1024 * 1024
     assert config.execution_parameters() == {
-        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 100,
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 100,
     }
     assert config.default_accept == "text/csv"
 
@@ -58,7 +58,7 @@ def test_graceful_shutdown_ends_before_sagemakers_sigkill():
         ({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1.5"}, "SAGEMAKER_MODEL_SERVER_TIMEOUT"),
         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "-1"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB=-1"),
         ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "MULTI_RECORD, SINGLE_RECORD"),
-        ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/xml"}, "text/csv"),
+        ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "*/*"}, "expected one media type"),
         ({"MXNET_BYOC_KEEP_ALIVE_S": "-1"}, "MXNET_BYOC_KEEP_ALIVE_S=-1 must be at least 0"),
         ({"MXNET_BYOC_KEEP_ALIVE_S": "5s"}, "MXNET_BYOC_KEEP_ALIVE_S='5s' is not a whole number"),
     ],

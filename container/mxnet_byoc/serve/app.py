@@ -16,10 +16,12 @@ client); the app knows nothing of the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,11 @@ from . import capi, digits, error_response, settings
 from .handler import Handler, Load
 from .http_errors import BadRequest, HttpError, PayloadTooLarge, RequestTimeout
 from .mediatypes import JSON
+from .multimodel.replica import Replica, model_builder
 
 LOADER_KEY = "mxnet_byoc.model_loader"
+REPLICA_KEY = "mxnet_byoc.model_replica"
+MODELS_PREFIX, INVOKE_SUFFIX = "/models/", "/invoke"
 POLL_INTERVAL_S = 1.0
 DRAIN_LIMIT = 128 * settings.MIB  # read at most this much of a refused body (see _discard_body)
 
@@ -105,14 +110,17 @@ def _directory_state(path: Path) -> object:
 
 
 def create_app(model_dir: str | Path | None = None, config: settings.ServerConfig | None = None,
-               load: Load | None = None) -> Flask:
+               load: Load | None = None, models_folder: Path | None = None) -> Flask:
     """The app for one worker; starts building its handler with `load` (default: the built-in digit model)
     from `model_dir` (default $SAGEMAKER_BASE_DIR/model). `serve` passes the config it read; without one the
-    environment is read here (`gunicorn 'predictor:create_app()'`)."""
+    environment is read here (`gunicorn 'predictor:create_app()'`). With SAGEMAKER_MULTI_MODEL=true, the
+    worker of a multi-model server instead: `models_folder` is where its manager keeps the registry."""
     config = config or settings.from_env()
+    if config.multi_model:
+        return _multi_model_app(config, models_folder, load)
     loader = ModelLoader(Path(model_dir) if model_dir else modeldir.default_dir(),
                          load or digits.loader(config.default_accept))
-    app = Flask(__name__)
+    app = _common_app(config)
     app.extensions[LOADER_KEY] = loader
 
     @app.get("/ping")
@@ -120,6 +128,41 @@ def create_app(model_dir: str | Path | None = None, config: settings.ServerConfi
         if loader.handler is None:
             return _error(503, loader.reason)
         return _json({"status": "healthy"})
+
+    app.wsgi_app = _Mount("/invocations", Invocations(loader, config), app.wsgi_app)  # type: ignore[method-assign]
+    loader.start()
+    return app
+
+
+def _multi_model_app(config: settings.ServerConfig, folder: Path | None, build: Any) -> Flask:
+    """A worker of a multi-model server: /models/<name>/invoke answered by its copy of the model (replica.py);
+    nginx sends the model management API to the manager in gunicorn's master, never here."""
+    if folder is None:
+        raise settings.ConfigError(f"{settings.MULTI_MODEL}=true needs `serve`, which runs the model manager")
+    replica = Replica(folder, build or model_builder(config.default_accept), prepare=capi.library)
+    app = _common_app(config)
+    app.extensions[REPLICA_KEY] = replica
+
+    @app.get("/ping")
+    def ping() -> Response:
+        if not replica.started.is_set():
+            return _error(503, "loading the models loaded before this worker started")
+        return _json({"status": "healthy"})
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        _discard_body(request.environ)
+        return _error(404, "this is a multi-model endpoint: invoke a model with POST /models/<name>/invoke "
+                           "(SageMaker's InvokeEndpoint with TargetModel)")
+
+    app.wsgi_app = _ModelMount(ModelInvocations(replica, config), app.wsgi_app)  # type: ignore[method-assign]
+    replica.start()
+    return app
+
+
+def _common_app(config: settings.ServerConfig) -> Flask:
+    """Flask with /execution-parameters and the error handlers every worker has."""
+    app = Flask(__name__)
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
@@ -138,8 +181,6 @@ def create_app(model_dir: str | Path | None = None, config: settings.ServerConfi
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _error(500, error_response.internal_error(e))
 
-    app.wsgi_app = _Mount("/invocations", Invocations(loader, config), app.wsgi_app)  # type: ignore[method-assign]
-    loader.start()
     return app
 
 
@@ -152,6 +193,12 @@ def _error(status: int, message: str, headers: error_response.Headers | None = N
     return Response(body, status=status_line, headers=all_headers)
 
 
+class ModelNotReady(HttpError):
+    """The model is loading, or cannot be loaded: the reason says which."""
+
+    status = 503
+
+
 class Invocations:
     """POST /invocations as a WSGI callable: the body to the handler, its answer or error back."""
 
@@ -160,22 +207,28 @@ class Invocations:
         self.config = config
         self.limit_text = f"{config.max_payload_mb} MB ({settings.MAX_PAYLOAD_IN_MB})"
 
+    def handler(self, environ: dict) -> contextlib.AbstractContextManager[Handler]:
+        """The handler for this request, for the time it takes to answer it."""
+        handler = self.loader.handler
+        if handler is None:
+            raise ModelNotReady(self.loader.reason)
+        return contextlib.nullcontext(handler)
+
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         try:
             if environ.get("REQUEST_METHOD") != "POST":
-                return _error_answer(start_response, 405, "use POST for /invocations", [("Allow", "POST")])
-            handler = self.loader.handler
-            if handler is None:
-                _discard_body(environ)
-                return _error_answer(start_response, 503, self.loader.reason)
-            try:
-                body = _read_body(environ, self.config.max_payload_bytes, self.limit_text)
-            except TimeoutError:  # a server whose input stream has a read timeout
-                raise RequestTimeout(
-                    f"the body stalled: nothing arrived for {self.config.read_timeout_s:g} s") from None
-            except OSError as e:  # the server could not read the body: a malformed chunk, a connection cut short
-                raise BadRequest(f"the body could not be read: {e or type(e).__name__}") from None
-            answer, content_type = handler.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
+                return _error_answer(start_response, 405, f"use POST for {environ.get('PATH_INFO')}",
+                                     [("Allow", "POST")])
+            with self.handler(environ) as handler:
+                try:
+                    body = _read_body(environ, self.config.max_payload_bytes, self.limit_text)
+                except TimeoutError:  # a server whose input stream has a read timeout
+                    raise RequestTimeout(
+                        f"the body stalled: nothing arrived for {self.config.read_timeout_s:g} s") from None
+                except OSError as e:  # the server could not read the body: a malformed chunk, a connection cut short
+                    raise BadRequest(f"the body could not be read: {e or type(e).__name__}") from None
+                answer, content_type = handler.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
+                                                      RequestHeaders(environ))
             start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(answer)))])
             return [answer]
         except HttpError as e:
@@ -185,6 +238,41 @@ class Invocations:
         except Exception as e:  # a real fault: logged with its traceback; the worker goes on serving
             log.exception("unexpected error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             return _error_answer(start_response, 500, error_response.internal_error(e))
+
+
+class ModelInvocations(Invocations):
+    """POST /models/<name>/invoke on a worker of a multi-model server: this worker's copy of the model."""
+
+    def __init__(self, replica: Replica, config: settings.ServerConfig):
+        self.replica = replica
+        self.config = config
+        self.limit_text = f"{config.max_payload_mb} MB ({settings.MAX_PAYLOAD_IN_MB})"
+
+    def handler(self, environ: dict) -> contextlib.AbstractContextManager[Handler]:
+        return self.replica.use(environ["PATH_INFO"][len(MODELS_PREFIX):-len(INVOKE_SUFFIX)])
+
+
+class RequestHeaders(Mapping):
+    """A request's headers read from its WSGI environ when a handler asks (most never do): `name: value`,
+    names in lower case."""
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        key = name.upper().replace("-", "_")
+        value = self.environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}")
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self.environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _error_answer(start_response: Any, status: int, message: str,
@@ -202,6 +290,20 @@ class _Mount:
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         if environ.get("PATH_INFO") == self.path:
+            return self.handler(environ, start_response)
+        return self.fallback(environ, start_response)
+
+
+class _ModelMount:
+    """Sends POST /models/<name>/invoke to a WSGI callable and everything else to Flask."""
+
+    def __init__(self, handler: Any, fallback: Any):
+        self.handler, self.fallback = handler, fallback
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(MODELS_PREFIX) and path.endswith(INVOKE_SUFFIX) and \
+                "/" not in path[len(MODELS_PREFIX):-len(INVOKE_SUFFIX)]:
             return self.handler(environ, start_response)
         return self.fallback(environ, start_response)
 

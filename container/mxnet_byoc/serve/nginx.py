@@ -50,6 +50,25 @@ REASONS = {
 NGINX_STATUS = {431: 494}  # the status nginx raises for what is answered as the key
 ERROR_PAGES = "/.mxnet-byoc/error/"  # where nginx's own answers live (internal: a client asking gets 404)
 
+# The request's WSGI variables, and every header as HTTP_*, as a location sends them to a uwsgi server (worker.py).
+REQUEST_PARAMS = """\
+            uwsgi_param REQUEST_METHOD $request_method;
+            uwsgi_param REQUEST_URI $request_uri;
+            uwsgi_param PATH_INFO $uri;
+            uwsgi_param QUERY_STRING $query_string;
+            uwsgi_param CONTENT_TYPE $content_type;
+            uwsgi_param CONTENT_LENGTH $content_length;
+            uwsgi_param SERVER_PROTOCOL $server_protocol;
+            uwsgi_param SERVER_NAME $host;
+            uwsgi_param SERVER_PORT $server_port;
+            uwsgi_param REMOTE_ADDR $remote_addr;
+            uwsgi_param REMOTE_PORT $remote_port;
+            # Headers that no longer describe what the worker receives: left out.
+            uwsgi_param HTTP_CONTENT_TYPE "" if_not_empty;
+            uwsgi_param HTTP_CONTENT_LENGTH "" if_not_empty;
+            uwsgi_param HTTP_TRANSFER_ENCODING "" if_not_empty;
+            uwsgi_param HTTP_EXPECT "" if_not_empty;"""
+
 TEMPLATE = """\
 # Written by mxnet_byoc/serve/nginx.py from serve's settings; nginx runs with it while serve runs.
 daemon off;
@@ -96,7 +115,7 @@ http {{
     upstream model_server {{
         server unix:{socket} max_fails=0;
     }}
-
+{models_upstream}
     server {{
         listen {listen} backlog={backlog};
 
@@ -104,22 +123,7 @@ http {{
             # The request goes to a worker whole, in the uwsgi protocol (worker.py), with these WSGI variables
             # and every header as HTTP_*; the body has been read whole, so it is sent with its length.
             uwsgi_pass model_server;
-            uwsgi_param REQUEST_METHOD $request_method;
-            uwsgi_param REQUEST_URI $request_uri;
-            uwsgi_param PATH_INFO $uri;
-            uwsgi_param QUERY_STRING $query_string;
-            uwsgi_param CONTENT_TYPE $content_type;
-            uwsgi_param CONTENT_LENGTH $content_length;
-            uwsgi_param SERVER_PROTOCOL $server_protocol;
-            uwsgi_param SERVER_NAME $host;
-            uwsgi_param SERVER_PORT $server_port;
-            uwsgi_param REMOTE_ADDR $remote_addr;
-            uwsgi_param REMOTE_PORT $remote_port;
-            # Headers that no longer describe what the worker receives: left out.
-            uwsgi_param HTTP_CONTENT_TYPE "" if_not_empty;
-            uwsgi_param HTTP_CONTENT_LENGTH "" if_not_empty;
-            uwsgi_param HTTP_TRANSFER_ENCODING "" if_not_empty;
-            uwsgi_param HTTP_EXPECT "" if_not_empty;
+{request_params}
             # gunicorn ends a request that runs past SAGEMAKER_MODEL_SERVER_TIMEOUT (it kills the worker: 502 here);
             # nginx waits longer, so that requests queued behind it are still answered by the worker that
             # replaces it.
@@ -128,11 +132,30 @@ http {{
             # A request is never sent twice: it may be the one that killed its worker.
             uwsgi_next_upstream off;
         }}
-
+{models_location}
 {error_pages}
     }}
 }}
 """
+
+
+# A multi-model server's management API (multimodel/manager.py, in gunicorn's master): GET and POST /models, GET
+# and DELETE /models/<name>. A load waits for every worker to load the model. POST /models/<name>/invoke goes to the
+# workers, as /invocations does.
+MODELS_UPSTREAM = """\
+    upstream models_api {{
+        server unix:{socket} max_fails=0;
+    }}
+"""
+MODELS_LOCATION = """\
+        location ~ ^/models(/[^/]+)?$ {{
+            uwsgi_pass models_api;
+{request_params}
+            uwsgi_read_timeout {load_timeout_s}s;
+            uwsgi_next_upstream off;
+        }}
+"""
+LOAD_TIMEOUT_S = 660  # beyond the manager's own limit on a load (multimodel/manager.py), which answers first
 
 
 class NotInstalled(RuntimeError):
@@ -153,14 +176,20 @@ def command(run_dir: Path) -> list[str]:
     return [executable(), "-e", "stderr", "-p", str(run_dir), "-c", str(run_dir / CONFIG_FILE)]
 
 
-def write_config(config: settings.ServerConfig, run_dir: Path, socket: Path) -> Path:
+def write_config(config: settings.ServerConfig, run_dir: Path, socket: Path, models_socket: Path | None = None
+                 ) -> Path:
     path = run_dir / CONFIG_FILE
-    path.write_text(render(config, run_dir, socket))
+    path.write_text(render(config, run_dir, socket, models_socket))
     return path
 
 
-def render(config: settings.ServerConfig, run_dir: Path, socket: Path) -> str:
+def render(config: settings.ServerConfig, run_dir: Path, socket: Path, models_socket: Path | None = None) -> str:
+    """nginx's configuration; `models_socket`: a multi-model server's management API."""
     return TEMPLATE.format(
+        request_params=REQUEST_PARAMS,
+        models_upstream=MODELS_UPSTREAM.format(socket=models_socket) if models_socket else "",
+        models_location=MODELS_LOCATION.format(load_timeout_s=LOAD_TIMEOUT_S, request_params=REQUEST_PARAMS)
+        if models_socket else "",
         worker_processes=worker_processes(config.workers),
         run_dir=run_dir,
         shutdown_s=settings.FRONT_END_SHUTDOWN_S,

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import mediatypes
+from . import awssettings, mediatypes
 
 # SageMaker's variables (and those of AWS's own model servers, which users of those know).
 BIND_TO_PORT = "SAGEMAKER_BIND_TO_PORT"
@@ -20,6 +20,7 @@ MODEL_SERVER_TIMEOUT = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
 MAX_PAYLOAD_IN_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
 DEFAULT_INVOCATIONS_ACCEPT = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+MULTI_MODEL = "SAGEMAKER_MULTI_MODEL"  # "true": a multi-model endpoint (serve/multimodel)
 SERVE_HOST = "MXNET_BYOC_SERVE_HOST"  # interface nginx listens on; 0.0.0.0 in the image, 127.0.0.1 in tests
 KEEP_ALIVE_S = "MXNET_BYOC_KEEP_ALIVE_S"  # seconds nginx keeps an idle client connection open; 0: none
 # MXNet's and OpenMP's own variables, which `serve` gives defaults for every worker.
@@ -41,6 +42,9 @@ GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM: finish re
 FRONT_END_SHUTDOWN_S = 20
 BACKLOG = 2048  # connections waiting to be accepted, by nginx from clients and by gunicorn from nginx
 BATCH_STRATEGIES = ("MULTI_RECORD", "SINGLE_RECORD")
+# SAGEMAKER_BATCH_STRATEGY's values as the CreateTransformJob API names them, which /execution-parameters answers
+# (SageMaker's SDK takes the answer as the job's strategy, and its local mode accepts only these names).
+BATCH_STRATEGY_NAMES = {"MULTI_RECORD": "MultiRecord", "SINGLE_RECORD": "SingleRecord"}
 MIB = 1024 * 1024  # a "MB" is read as MiB, the larger reading, so the limit is never below SageMaker's
 
 
@@ -58,6 +62,8 @@ class ServerConfig:
     batch_strategy: str
     default_accept: str
     keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
+    multi_model: bool = False
+    notices: tuple[str, ...] = ()  # settings of AWS's image that serve ignores, logged at start
 
     @property
     def max_payload_bytes(self) -> int:
@@ -73,31 +79,42 @@ class ServerConfig:
         """What `GET /execution-parameters` answers: one transform per worker, the server's payload limit."""
         return {
             "MaxConcurrentTransforms": self.workers,
-            "BatchStrategy": self.batch_strategy,
+            "BatchStrategy": BATCH_STRATEGY_NAMES[self.batch_strategy],
             "MaxPayloadInMB": self.max_payload_mb,
         }
 
 
-def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
+def from_env(env: Mapping[str, str] | None = None, gpu_count: int = 0) -> ServerConfig:
+    """The settings; `gpu_count`: the machine's GPUs, one worker each by default (else one per CPU)."""
     env = os.environ if env is None else env
+    aws = awssettings.read(env)
+    if aws.refused:
+        raise ConfigError("; ".join(aws.refused))
     payload = _int(env, MAX_PAYLOAD_IN_MB, DEFAULT_MAX_PAYLOAD_MB, minimum=0)
+    if aws.max_request_bytes:
+        payload = awssettings.max_payload_mb(aws.max_request_bytes, MIB)
     strategy = (env.get(BATCH_STRATEGY) or "MULTI_RECORD").strip().upper()
     if strategy not in BATCH_STRATEGIES:
         raise ConfigError(f"{BATCH_STRATEGY}={strategy!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
     accept = mediatypes.media_type(env.get(DEFAULT_INVOCATIONS_ACCEPT) or mediatypes.JSON)
-    if accept not in mediatypes.RESPONSE_TYPES:
-        raise ConfigError(
-            f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one of {', '.join(mediatypes.RESPONSE_TYPES)}"
-        )
+    if not mediatypes.is_concrete(accept):
+        raise ConfigError(f"{DEFAULT_INVOCATIONS_ACCEPT}={accept!r}: expected one media type, such as "
+                          f"{mediatypes.JSON} (each handler checks that it can answer it)")
+    multi_model = (env.get(MULTI_MODEL) or "false").strip().lower()
+    if multi_model not in ("true", "false"):
+        raise ConfigError(f"{MULTI_MODEL}={multi_model!r}: expected true or false")
+    gpus = min(gpu_count, aws.gpus) if aws.gpus else gpu_count
     return ServerConfig(
         host=(env.get(SERVE_HOST) or DEFAULT_HOST).strip(),
         port=_int(env, BIND_TO_PORT, DEFAULT_PORT, minimum=1, maximum=65535),
-        workers=_int(env, MODEL_SERVER_WORKERS, cpu_count(), minimum=1),
-        timeout_s=_int(env, MODEL_SERVER_TIMEOUT, DEFAULT_TIMEOUT_S, minimum=1),
+        workers=aws.workers or _int(env, MODEL_SERVER_WORKERS, gpus or cpu_count(), minimum=1),
+        timeout_s=aws.timeout_s or _int(env, MODEL_SERVER_TIMEOUT, DEFAULT_TIMEOUT_S, minimum=1),
         max_payload_mb=payload or BATCH_MAX_PAYLOAD_MB,
         batch_strategy=strategy,
         default_accept=accept,
         keep_alive_s=_int(env, KEEP_ALIVE_S, DEFAULT_KEEP_ALIVE_S, minimum=0),
+        multi_model=multi_model == "true",
+        notices=tuple(aws.notices),
     )
 
 
