@@ -11,7 +11,8 @@ plain path's (named with the row).
 - Whole requests under wrk, server CPU per request (nginx included): `serve` beside the same `serve` with the
   plain transport put back: nginx proxying HTTP to gunicorn's own sync worker (as AWS's reference container
   does) in place of the uwsgi requests of worker.py, at concurrency 8; and gunicorn's own wait for a connection,
-  which wakes every idle worker, in place of worker.py's, at concurrency 1 (where workers are idle).
+  which wakes every idle worker, in place of worker.py's, at concurrency 1 (where workers are idle) with
+  WAKE_ONE_WORKERS workers: the herd grows with the idle workers, and an instance has one per CPU.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .rig import Bench, median, random_digit_json, serve_process
 
 REPEAT = 7
 ROUNDS = 8
+WAKE_ONE_WORKERS = 4
 
 # `serve` with nginx proxying HTTP (proxy_pass) to gunicorn's own sync worker: the transport worker.py replaces.
 HTTP_SERVE = """
@@ -198,25 +200,28 @@ def whole_requests(bench: Bench) -> list[Figure]:
     args = bench.args
     base, body = bench.one_image_folder("fastpath")
     workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers)}
+    many = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(WAKE_ONE_WORKERS)}
     servers = {"serve": serve_process(base, args.workers, bench.work / "fastpath-serve.log"),
                "http": Server(base, bench.work / "fastpath-http.log", [sys.executable, "-c", HTTP_SERVE], **workers),
+               "serve-many": serve_process(base, WAKE_ONE_WORKERS, bench.work / "fastpath-serve-many.log"),
                "select": Server(base, bench.work / "fastpath-select.log", [sys.executable, "-c", SELECT_SERVE],
-                                **workers)}
+                                **many)}
     try:
         for server in servers.values():
             server.wait_loaded()
         http_runs = bench.alternate([servers["http"], servers["serve"]], body, [8])[8]
-        select_runs = bench.alternate([servers["select"], servers["serve"]], body, [1])[1]
+        select_runs = bench.alternate([servers["select"], servers["serve-many"]], body, [1])[1]
     finally:
         bench.stop(list(servers.values()))
     print(f"  (whole requests: {args.rounds} alternating rounds of {args.duration} s; serve "
-          f"{median(http_runs[1], 'rps'):,.0f} req/s at concurrency 8, {median(select_runs[1], 'rps'):,.0f} at 1)")
+          f"{median(http_runs[1], 'rps'):,.0f} req/s at concurrency 8; with {WAKE_ONE_WORKERS} workers "
+          f"{median(select_runs[1], 'rps'):,.0f} at 1)")
     return [kept("uwsgi", "requests reach the worker as uwsgi, not HTTP",
                  [run["cpu_us"] for run in http_runs[0]], [run["cpu_us"] for run in http_runs[1]],
                  "one-image JSON request, wrk c=8", "test_worker"),
             kept("wake-one", "one idle worker woken per request",
                  [run["cpu_us"] for run in select_runs[0]], [run["cpu_us"] for run in select_runs[1]],
-                 "one-image JSON request, wrk c=1", "test_worker: wakes one")]
+                 f"one-image JSON request, wrk c=1, {WAKE_ONE_WORKERS} workers", "test_worker: wakes one")]
 
 
 def run(bench: Bench) -> list[Figure]:
