@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import requests
 
-from devkit import project
+from devkit import net, project
 from devkit.bodies import npy
 from devkit.net import listening
+from devkit.servers import Server
 from devkit.waiting import wait_until
 from mxnet_byoc import modeldir
 
@@ -183,6 +184,28 @@ def test_sigterm_stops_serve_even_when_a_client_stalls(start_server, tmp_path, t
         wait_until(lambda: server.holder_of(sock.getsockname()[1]), what="nginx reading the request")
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(120) == 0  # a bound for a hang, far above the grace period
+
+
+def test_gunicorn_serves_the_app_without_nginx(tmp_path, trained_model_dir, digits, reference):
+    """`gunicorn 'predictor:create_app()'`, as SageMaker's examples run an app: gunicorn's own HTTP, no nginx. A
+    chunk gunicorn cannot read is the client's mistake there too (400 with the reason)."""
+    base = tmp_path / "ml"
+    shutil.copytree(trained_model_dir, base / "model")
+    port = net.free_port()
+    server = Server(base, tmp_path / "gunicorn.log", [sys.executable, "-m", "gunicorn", "--chdir",
+                                                      str(project.ROOT / "container"), "-w", "1",
+                                                      "-b", f"127.0.0.1:{port}", "predictor:create_app()"], port=port)
+    try:
+        server.wait_ready()
+        np.testing.assert_allclose(probabilities(invoke(server, npy(digits[0][:5]))), reference[:5], atol=1e-5)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+            status, answer = read_response(sock)
+        assert status == 400 and json.loads(answer)["error"].startswith("the body could not be read")
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("which", ["nginx", "gunicorn"])
