@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from figures import Mode, main
-from serving import ab, allocator, aws, batch, fastpath, load, one_image, rig, startup
+from serving import ab, allocator, aws, batch, fastpath, load, mme, one_image, rig, startup
 
 MODES = {
     "one-image": Mode(one_image.run, "one-image JSON against the plain endpoint, the ceiling, where a worker's CPU "
@@ -26,13 +26,15 @@ MODES = {
     "startup": Mode(startup.run, "start of serve to the first correct prediction; PSS after load", {"duration": 5}),
     "allocator": Mode(allocator.run, "glibc's malloc, jemalloc and tcmalloc in serve", {"rounds": 6, "duration": 3}),
     "aws": Mode(aws.run, "script handlers against AWS's MXNet serving stack", {"rounds": 3, "duration": 5}),
+    "mme": Mode(mme.run, "multi-model endpoints against AWS's stack: load to first answer, memory per model, "
+                "requests/s across the models", {"rounds": 3, "duration": 5}),
     "ab": Mode(ab.run, "serve against serve at --commit", {"rounds": 6, "duration": 3}),
     "fastpath": Mode(fastpath.run, "each fast path against the plain code it replaces, its gain beside its noise",
                      {"rounds": 8, "duration": 3}),
     "load": Mode(load.run, "steady load, then a worker killed every --kill-every s: failed requests per kill",
                  {"duration": 30}),
 }
-DEFAULT = ["one-image", "batch", "startup", "allocator", "aws", "fastpath", "load"]
+DEFAULT = ["one-image", "batch", "startup", "allocator", "aws", "mme", "fastpath", "load"]
 
 
 def options(parser) -> None:
@@ -46,6 +48,7 @@ def options(parser) -> None:
     parser.add_argument("--profile-seconds", type=int, default=4, help="py-spy sampling per model (0: none)")
     parser.add_argument("--ways", default="transform_fn,default handlers", help="aws: which ways, comma-separated")
     parser.add_argument("--aws-venv", type=Path, default=aws.AWS_VENV, help="aws: where AWS's stack is installed")
+    parser.add_argument("--mme-models", type=int, default=20, help="mme: the models loaded on each stack")
     parser.add_argument("--commit", default="HEAD", help="ab: the `serve` to compare the working tree's with")
     parser.add_argument("--concurrency", default="1,8,32", help="ab: concurrencies")
     parser.add_argument("--load-concurrency", type=int, default=32, help="load: wrk's connections")

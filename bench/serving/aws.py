@@ -127,21 +127,28 @@ class AwsServer(Server):
     """Multi Model Server with AWS's MXNet handler service, as AWS's MXNet inference container runs it."""
 
     def __init__(self, venv: Path, model_dir: Path, program: str, workers: int, work: Path, log: Path):
-        self.port, self.workers, self.log = low_free_port(), workers, log
+        self.port, self.workers = low_free_port(), workers
+        self.start(venv, work, log, MMS_CONFIG.format(workers=workers, port=self.port, management=low_free_port()),
+                   {"SAGEMAKER_PROGRAM": program, "PYTHONPATH": str(model_dir / "code")},
+                   ["--models", f"model={model_dir}"])
+
+    def start(self, venv: Path, work: Path, log: Path, config_text: str, env: dict[str, str], arguments: list[str]
+              ) -> None:
+        """Multi Model Server on self.port with the properties `config_text`, `env` on top of its environment."""
+        self.log = log
         config = work / f"mms-{self.port}.properties"
-        config.write_text(MMS_CONFIG.format(workers=workers, port=self.port, management=low_free_port()))
+        config.write_text(config_text)
         tmp = work / f"mms-tmp-{self.port}"  # MMS keeps a pid file there: one per instance
         tmp.mkdir()
-        env = {**os.environ, **MXNET_ENV, "SAGEMAKER_PROGRAM": program, "TMPDIR": str(tmp),
-               "PYTHONPATH": str(model_dir / "code"), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+        environ = {**os.environ, **MXNET_ENV, "TMPDIR": str(tmp), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", **env}
         for name in ("MXNET_ENGINE_TYPE", "SAGEMAKER_BASE_DIR"):
-            env.pop(name, None)
+            environ.pop(name, None)
         self.started = time.perf_counter()
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 [str(venv / "bin" / "multi-model-server"), "--start", "--foreground", "--mms-config", str(config),
-                 "--model-store", "/", "--models", f"model={model_dir}"],
-                env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                 "--model-store", "/", *arguments],
+                env=environ, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_loaded(self, timeout: float = 120) -> None:
         """Until /ping answers 200 (MMS loads a worker's model at its first request: see `compare`)."""
