@@ -4,6 +4,7 @@ once, half unloaded, reloaded, listed page by page; a model that cannot load, be
 
 from __future__ import annotations
 
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -109,3 +110,19 @@ def test_the_contracts_errors(server, models, tmp_path):
                                                                     "weights for you"}
     assert listed(server) == [model.name]
     assert invoke_all(server, [model]) == []  # the others go on serving
+
+
+def test_a_models_requirements_may_add_packages_but_never_change_one(server, models, tmp_path):
+    """pip runs once per model before any worker loads it, pinned to what is installed: a requirement that is met
+    loads (pip has nothing to do, offline), one that would change numpy is refused with pip's reason."""
+    met, changing = tmp_path / "met" / "model", tmp_path / "changing" / "model"
+    for folder, requirement in ((met, "numpy\n"), (changing, "numpy==1.0.0\n")):
+        shutil.copytree(models[2].folder, folder)
+        (folder / "code" / "requirements.txt").write_text(requirement)
+    assert load(server, "met", met).status_code == 200
+    refused = load(server, "changing", changing)
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("model changing: pip could not install requirements.txt (exit 1): ")
+    assert "Cannot install numpy==1.0.0" in refused.json()["error"]
+    assert "may add packages, not change the version of one installed already" in refused.json()["error"]
+    assert listed(server) == ["met"]
