@@ -42,7 +42,8 @@ while True:
     signal.pause()
 """
 
-# The supervisor with gunicorn's stand-in (a function run in its forked child, as gunicorn's master is).
+# The supervisor with gunicorn's stand-in (a function run in its forked child, as gunicorn's master is), which has a
+# worker of its own and leaves it behind when it exits.
 SUPERVISED = """
 import os, signal, sys
 from mxnet_byoc.serve import supervisor
@@ -56,6 +57,10 @@ def model_server():
         note(f"gunicorn {signal.Signals(sig).name}")
         note("gunicorn exits")
         os._exit(0)
+    if os.fork() == 0:
+        note(f"worker started {os.getpid()}")
+        while True:
+            signal.pause()
     signal.signal(signal.SIGTERM, on)
     signal.signal(signal.SIGINT, on)
     note(f"gunicorn started {os.getpid()}")
@@ -72,7 +77,7 @@ class Supervised:
         self.process = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(self.log), FRONT_END, str(kill_after)],
                                         stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-        wait_until(lambda: len(self.started()) == 2, what="both children started")
+        wait_until(lambda: len(self.started()) == 3, what="both children and the worker started")
 
     def lines(self) -> list[str]:
         return self.log.read_text().splitlines()
@@ -143,6 +148,8 @@ def test_gunicorn_dying_stops_nginx_gracefully_and_serve_fails(supervised):
     assert code == 1
     assert one.events() == ["nginx SIGQUIT", "nginx exits"]
     assert "serve: gunicorn was killed by SIGKILL; stopping serve" in stderr
+    with pytest.raises(ProcessLookupError):  # the worker it left behind was killed
+        os.kill(one.started()["worker"], 0)
 
 
 def test_a_stop_unfinished_at_the_deadline_ends_with_sigkill(supervised):

@@ -9,14 +9,15 @@ front of it (nginx.py), started, stopped and watched here.
   workers are already replaced by their own masters (gunicorn replaces a dead worker, nginx likewise), so a
   master that exits is a fault in the server itself: the container exits and SageMaker (or docker's restart
   policy) replaces it, rather than a restart loop hiding the fault behind a /ping that comes and goes.
-- Each runs in a process group of its own, with its workers: a master that dies leaves workers that would go on
-  (nginx's keep the port open), and they are killed with it. A stop that has not finished KILL_AFTER_S after it
-  began ends with SIGKILL to both groups.
-- Any other child that exits is reaped (as PID 1, this process inherits orphans).
+- A master that dies leaves workers that would go on (nginx's keep the port open): this process adopts orphans (as
+  PID 1 does in any case; elsewhere as a child subreaper) and kills them. A stop that has not finished
+  KILL_AFTER_S after it began ends with SIGKILL to every process below this one.
+- Any other child that exits is reaped.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from . import settings
 
 HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2): orphans below this process are reparented to it
 KILL_AFTER_S = settings.GRACEFUL_TIMEOUT_S + 3  # a stop still unfinished then ends with SIGKILL
 
 
@@ -57,13 +59,6 @@ class Child:
             except ProcessLookupError:
                 pass
 
-    def kill_group(self) -> None:
-        """SIGKILL to its process group: its workers, and itself if it still runs."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
     def describe_exit(self) -> str:
         assert self.status is not None
         if os.WIFSIGNALED(self.status):
@@ -75,12 +70,13 @@ def run(model_server: Callable[[], int], front_end: list[str], front_end_env: di
     """Start `model_server` (a function run in a forked child: gunicorn's master) and the `front_end` command
     (nginx), and supervise both until they have stopped; the exit status of `serve`."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # received by sigtimedwait below, never by a handler
+    _adopt_orphans()
     gunicorn = Child("gunicorn", _fork(model_server, mask), signal.SIGTERM, signal.SIGINT)
     try:
-        nginx_pid = os.posix_spawn(front_end[0], front_end, front_end_env, setsigmask=mask, setpgroup=0)
+        nginx_pid = os.posix_spawn(front_end[0], front_end, front_end_env, setsigmask=mask)
     except OSError as e:
         log(f"nginx could not start: {e}")
-        gunicorn.kill_group()
+        gunicorn.signal(signal.SIGINT)
         os.waitpid(gunicorn.pid, 0)
         return 1
     nginx = Child("nginx", nginx_pid, signal.SIGQUIT, signal.SIGTERM)
@@ -99,8 +95,8 @@ class Supervisor:
             timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
             received = signal.sigtimedwait(HANDLED, timeout) if timeout is not None else signal.sigwaitinfo(HANDLED)
             if received is None:  # the deadline passed
-                for child in (self.nginx, self.gunicorn):
-                    child.kill_group()
+                for pid in _below(os.getpid()):
+                    _kill(pid)
                 self.deadline = None
                 continue
             if received.si_signo == signal.SIGCHLD:
@@ -109,7 +105,13 @@ class Supervisor:
                 self._stop(quick=False)
             else:
                 self._stop(quick=True)
-        return 1 if self.failed else 0
+        for pid in _below(os.getpid()):  # anything left behind, reaped before serve exits
+            _kill(pid)
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return 1 if self.failed else 0
 
     def _stop(self, quick: bool) -> None:
         self.nginx.stop(quick)
@@ -136,11 +138,14 @@ class Supervisor:
         if not self.stopping:
             self.failed = True
             log(f"{child.describe_exit()}; stopping serve")
-            child.kill_group()  # the workers it left behind
             self._stop(quick=False)
+        # The workers it left behind are this process's children now.
+        survivor = self.gunicorn if child is self.nginx else self.nginx
+        for pid in _children(os.getpid()):
+            if pid != survivor.pid:
+                _kill(pid)
         # nginx gone: no request can reach gunicorn any more. gunicorn gone: nginx can only answer 502.
-        other = self.gunicorn if child is self.nginx else self.nginx
-        other.stop(quick=False)
+        survivor.stop(quick=False)
 
 
 def _fork(main: Callable[[], int], mask: set[signal.Signals]) -> int:
@@ -149,7 +154,6 @@ def _fork(main: Callable[[], int], mask: set[signal.Signals]) -> int:
         return pid
     code = 1
     try:
-        os.setpgid(0, 0)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         code = main()
     except SystemExit as e:
@@ -162,6 +166,38 @@ def _fork(main: Callable[[], int], mask: set[signal.Signals]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _adopt_orphans() -> None:
+    """Become the parent of orphans below this process (Linux's child subreaper); where prctl is missing, orphans
+    go to PID 1 instead, and only the masters are stopped."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
+def _below(pid: int) -> list[int]:
+    """Every process below `pid`, deepest first."""
+    found = []
+    for child in _children(pid):
+        found += [*_below(child), child]
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def log(message: str) -> None:
