@@ -139,6 +139,24 @@ def test_a_script_that_raises_fails_the_job_with_its_error_line_first(tmp_path):
     assert f"ERROR: {first}" in done.stderr
 
 
+def test_a_traceback_that_rich_prints_on_stdout_is_the_reason(tmp_path):
+    # What a script that imports the SageMaker Python SDK 2 gets: sagemaker-core installs rich's excepthook,
+    # which prints uncaught exceptions on stdout, leaving stderr empty.
+    base = script_job(tmp_path, {"train.py": """
+        from rich.console import Console
+        from rich.traceback import install
+        install(console=Console(width=100))
+        print("epoch 1 done")
+        raise ValueError("labels and images differ in count")
+    """})
+    done = run_train(base)
+    assert done.returncode == 1
+    first, _, rest = failure(base).partition("\n")
+    assert first == "ValueError: labels and images differ in count (the script train.py exited with code 1)"
+    assert "Traceback (most recent call last)" in rest and "train.py" in rest
+    assert "epoch 1 done" in done.stdout  # the script's stdout still reaches the log as it comes
+
+
 def test_a_scripts_exit_code_is_the_jobs(tmp_path):
     base = script_job(tmp_path, {"train.py": "import sys\nprint('bad input', file=sys.stderr)\nsys.exit(3)\n"})
     done = run_train(base)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
+from devkit.waiting import wait_until
 from mxnet_byoc.train.configfiles import ContractError
 from mxnet_byoc.train.script import process, runner, smenv
 
@@ -204,6 +206,46 @@ def test_an_mxnet_error_reports_its_reason_not_its_cpp_stack():
     assert error == ('mxnet.base.MXNetError: LocalFileSystem: Check failed: allow_null: :Open '
                      '"/opt/ml/model/x.json": No such file or directory')
     assert "local_filesys.cc" in traceback
+
+
+RICH_TRACEBACK = """epoch 1 done
+╭───────────────────── Traceback (most recent call last) ──────────────────────╮
+│ /opt/ml/code/train.py:5 in <module>                                          │
+│                                                                              │
+│ ❱ 5 raise ValueError("labels and images differ in count")                    │
+╰──────────────────────────────────────────────────────────────────────────────╯
+ValueError: labels and images differ in count
+"""
+
+
+def test_a_traceback_printed_by_rich_gives_its_error_line_and_box():
+    error, traceback = process.last_rich_error(RICH_TRACEBACK)
+    assert error == "ValueError: labels and images differ in count"
+    assert traceback.startswith("╭") and "train.py:5" in traceback and traceback.endswith(error)
+    assert process.last_rich_error("epoch 1 done\nepoch 2 done\n") == ("", "")
+    assert process.last_error(RICH_TRACEBACK)[1] == ""  # not a plain traceback: stderr's reader leaves it
+
+
+def test_the_output_is_passed_on_in_whole_lines():
+    # A line the script writes in two pieces must not take a line of the other stream into its middle.
+    source_read, source_write = os.pipe()
+    target_read, target_write = os.pipe()
+    tail = process._Tail()
+    pump = threading.Thread(target=process._copy, args=(source_read, target_write, tail))
+    pump.start()
+    try:
+        os.write(source_write, b"epoch=1; loss=")
+        wait_until(lambda: tail.size > 0, timeout=10, what="the pump to read the first piece")
+        os.write(target_write, b"a line of the other stream\n")
+        os.write(source_write, b"0.5;\n10%\r")
+    finally:
+        os.close(source_write)
+        pump.join(timeout=10)
+        os.close(target_write)
+    with os.fdopen(target_read, "rb") as received:
+        assert received.read() == b"a line of the other stream\nepoch=1; loss=0.5;\n10%\r"
+    assert tail.text() == "epoch=1; loss=0.5;\n10%\r"
+    os.close(source_read)
 
 
 def test_without_a_traceback_the_last_line_counts():

@@ -248,6 +248,7 @@ class MpirunProcess(process.ScriptProcess):
     def wait(self) -> process.Outcome:
         outcome = super().wait()
         outcome.stderr_tail = failing_rank_output(outcome.stderr_tail)
+        outcome.stdout_tail = failing_rank_output(outcome.stdout_tail)
         return outcome
 
 

@@ -2,8 +2,9 @@
 on to it and to every process it started, and its last error kept for the failure reason.
 
 The script runs in a process group of its own, so that a stop reaches its data-loader workers and any
-shell pipeline too. Its stdout is the job's stdout itself (nothing in between); its stderr passes through
-a pipe that this process copies to its own stderr at once, keeping the last 64 KB for the reason.
+shell pipeline too. Its stdout and stderr pass through pipes that this process copies to its own at once,
+keeping the last 64 KB of each for the reason: the error is on stderr, except where a library the script
+imports prints uncaught exceptions through rich on stdout (the SageMaker Python SDK 2 does).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ TAIL_BYTES = 64 * 1024
 # The header of a Python traceback, and the line that ends it: the exception's type and message.
 TRACEBACK_HEADER = "Traceback (most recent call last):"
 _FRAME_LINE = re.compile(r"^\s|^\s*$")  # frames and source lines are indented
+# rich's form of the same: frames in a box whose title is the header, then `Type: message` below it.
+_RICH_HEADER = re.compile(r"^\s*╭─+ Traceback \(most recent call last\) ─+╮\s*$")
+_RICH_BOX_LINE = re.compile(r"^\s*[│╭╰]|^\s*$")
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Outcome:
     stopped_by: str | None  # "SIGTERM" or "SIGINT" when a stop was passed on to the script
     stderr_tail: str
     aborted: str | None = None  # why abort() ended the script (a dead peer), if it did
+    stdout_tail: str = ""
 
 
 class ScriptProcess:
@@ -40,40 +45,21 @@ class ScriptProcess:
     def __init__(self, command: list[str], cwd: str, env: dict[str, str]):
         self.command, self.cwd, self.env = command, cwd, env
         self.proc: subprocess.Popen | None = None
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self._pump: threading.Thread | None = None
+        self._tails = {1: _Tail(), 2: _Tail()}  # by the file descriptor the output goes on to
+        self._pumps: list[threading.Thread] = []
         self.stopped_by: str | None = None
         self.aborted: str | None = None
         self.exited = False
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                      preexec_fn=_die_with_parent)
-        self._pump = threading.Thread(target=self._copy_stderr, name="script-stderr", daemon=True)
-        self._pump.start()
-
-    def _copy_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view:
-                try:
-                    view = view[os.write(2, view):]
-                except OSError:
-                    break  # our stderr is gone: keep the tail anyway
-            self._tail.append(chunk)
-            self._tail_size += len(chunk)
-            while self._tail_size - len(self._tail[0]) >= TAIL_BYTES:
-                self._tail_size -= len(self._tail.popleft())
+        for pipe, target in ((self.proc.stdout, 1), (self.proc.stderr, 2)):
+            pump = threading.Thread(target=_copy, args=(pipe.fileno(), target, self._tails[target]),
+                                    name=f"script-output-{target}", daemon=True)
+            pump.start()
+            self._pumps.append(pump)
 
     def signal_group(self, signum: int) -> None:
         """The signal to the script and every process in its group (its children, unless they left it)."""
@@ -114,13 +100,73 @@ class ScriptProcess:
         self.exited = True
         # What is left of the group after the script itself ended (children it did not wait for) goes too.
         self.signal_group(signal.SIGKILL)
-        if self._pump is not None:
-            # A grandchild that left the group may still hold the pipe open: do not wait for it.
-            self._pump.join(timeout=5)
-        tail = b"".join(self._tail)[-TAIL_BYTES:].decode("utf-8", "replace")
+        for pump in self._pumps:
+            # A grandchild that left the group may still hold a pipe open: do not wait for it.
+            pump.join(timeout=5)
         killed = -code if code < 0 else None
         return Outcome(returncode=128 + killed if killed else code, signal=killed, stopped_by=self.stopped_by,
-                       stderr_tail=tail, aborted=self.aborted)
+                       stderr_tail=self._tails[2].text(), aborted=self.aborted, stdout_tail=self._tails[1].text())
+
+
+class _Tail:
+    """The last TAIL_BYTES (or a little more) of a stream, in the chunks it came in."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        while self.size - len(self.chunks[0]) >= TAIL_BYTES:
+            self.size -= len(self.chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self.chunks)[-TAIL_BYTES:].decode("utf-8", "replace")
+
+
+def _copy(source: int, target: int, tail: _Tail) -> None:
+    """The script's output on `source` to this process's `target` line by line as it comes, its tail kept.
+
+    Whole lines only (a line ends at \n, or at \r for a progress bar): the two streams meet in one log, and
+    a part of a stderr line written into the middle of a stdout line would break both (a metric line, say;
+    unbuffered Python writes a printed line and its newline apart)."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(source, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            _write(target, pending)
+            return
+        tail.add(chunk)
+        pending += chunk
+        end = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
+        if end == 0 and len(pending) >= TAIL_BYTES:  # a line without end: pass it on in pieces
+            end = len(pending)
+        _write(target, pending[:end])
+        pending = pending[end:]
+
+
+def _write(target: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(target, view):]
+        except OSError:
+            return  # our own output is gone: the tail is kept anyway
+
+
+def last_rich_error(output: str) -> tuple[str, str]:
+    """The error line and the box of the last traceback that rich printed in `output` (empty when none)."""
+    lines = output.replace("\r\n", "\n").split("\n")
+    starts = [i for i, line in enumerate(lines) if _RICH_HEADER.match(line)]
+    if starts:
+        for i in range(starts[-1] + 1, len(lines)):
+            if not _RICH_BOX_LINE.match(lines[i]):
+                return lines[i].strip(), "\n".join(lines[starts[-1]:i + 1]).rstrip()
+    return "", ""
 
 
 def last_error(stderr: str) -> tuple[str, str]:

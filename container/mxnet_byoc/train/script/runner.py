@@ -184,6 +184,10 @@ class _Cluster:
 def _reason(outcome: process.Outcome, name: str) -> tuple[str, str]:
     """The failure reason's first line and what follows it in output/failure."""
     error, traceback = process.last_error(outcome.stderr_tail)
+    if not traceback:  # a traceback that rich printed on stdout says more than stderr's last line
+        rich_error, rich_traceback = process.last_rich_error(outcome.stdout_tail)
+        if rich_error:
+            error, traceback = rich_error, rich_traceback
     if outcome.aborted:
         return outcome.aborted, traceback
     if outcome.stopped_by:
