@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from byoctl import demo
+from devkit import demo
 
 
 @pytest.mark.slow
