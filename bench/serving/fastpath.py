@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -104,16 +104,17 @@ def paired(plain: Callable[[], object], fast: Callable[[], object], number: int)
 class Constant:
     """A handler that costs nothing, so that only the dispatch around it is measured."""
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
+               headers: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         return b'{"predictions":[]}', "application/json"
 
 
-def wsgi_call(app: Callable, body: bytes) -> Callable[[], bytes]:
+def wsgi_call(app: Callable, body: bytes, start_response: Callable = lambda *args: None) -> Callable[[], bytes]:
     environ = EnvironBuilder(path="/invocations", method="POST", data=body,
                              content_type="application/json").get_environ()
 
     def call() -> bytes:
-        answer = app({**environ, "wsgi.input": io.BytesIO(body)}, lambda status, headers, exc_info=None: None)
+        answer = app({**environ, "wsgi.input": io.BytesIO(body)}, start_response)
         try:
             return b"".join(answer)
         finally:
@@ -130,6 +131,9 @@ def mounted_invocations() -> Figure:
     routed.add_url_rule("/invocations", "invocations", methods=["POST"],
                         view_func=lambda: Response.from_app(invocations, request.environ))
     body = b'{"instances": [[0]]}'
+    answered = []
+    wsgi_call(app, body, lambda status, headers, exc_info=None: answered.append(status))()
+    assert answered == ["200 OK"], answered  # the constant answer, not an error path
     return kept("mount", "/invocations in front of Flask's dispatch",
                 *paired(wsgi_call(routed, body), wsgi_call(app, body), 2000), "every request",
                 "test_invocations: mount")
