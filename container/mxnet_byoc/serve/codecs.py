@@ -82,7 +82,8 @@ def encode(probabilities: np.ndarray, classes: Sequence[Any], kind: str) -> byte
         return b"".join([pieces[i] for i in indices])
     # orjson writes the whole (N, K) array in one call; its rows are then spliced between per-class
     # prefixes. The bytes are those of dumping a list of {"label", "probabilities"} objects, which costs a
-    # batch far more (bench/fastpath_bench.py: "answer spliced from one dump"); for one image both cost the same.
+    # batch far more (serve_bench.py --mode fastpath, row "answer spliced from one dump"); for one image both
+    # cost the same.
     rows = orjson.dumps(np.ascontiguousarray(probabilities), option=_DUMPS_OPTIONS)[2:-2].split(b"],[")
     first, rest = pieces
     prefixes = [rest[i] for i in indices]
@@ -164,7 +165,8 @@ def _to_unit_range(batch: np.ndarray) -> np.ndarray:
 def _one_to_unit_range(batch: np.ndarray) -> np.ndarray:
     """`_each_to_unit_range` for one image, in three numpy calls instead of ten, its bounds compared as Python
     floats (a comparison of numpy scalars costs more than the float conversions). Why: the one-image request
-    is where numpy's per-call cost weighs most (bench/fastpath_bench.py: "one image scaled in 3 numpy calls")."""
+    is where numpy's per-call cost weighs most (serve_bench.py --mode fastpath, row "one image scaled in 3
+    numpy calls")."""
     top, bottom = batch.max(), batch.min()
     high, low = float(top), float(bottom)
     if not (low >= 0 and high <= 255):  # written so that NaN fails too
@@ -332,8 +334,8 @@ def _npy_header_end(body: bytes) -> int | None:
 @functools.lru_cache(maxsize=64)
 def _cached_npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """`_read_npy_header`, cached by the header's bytes. Why: numpy parses the header's Python literal with its
-    tokenizer, a large part of a one-image .npy request (bench/fastpath_bench.py: ".npy header parsed once per
-    distinct header"), and a client sends the same header again and again. Headers that fail are not cached
+    tokenizer, a large part of a one-image .npy request (serve_bench.py --mode fastpath, row ".npy header parsed
+    once per distinct header"), and a client sends the same header again and again. Headers that fail are not cached
     (lru_cache keeps no exceptions)."""
     return _read_npy_header(io.BytesIO(header))
 
