@@ -4,7 +4,9 @@ once, half unloaded, reloaded, listed page by page; a model that cannot load, be
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +15,7 @@ import requests
 
 from devkit.mme_models import JSON, ZooModel, zoo
 from devkit.script_models import write_script
+from devkit.waiting import wait_until
 
 CONNECTIONS = 16
 ROUNDS = 5  # requests per model per round of invocations
@@ -126,3 +129,52 @@ def test_a_models_requirements_may_add_packages_but_never_change_one(server, mod
     assert "Cannot install numpy==1.0.0" in refused.json()["error"]
     assert "may add packages, not change the version of one installed already" in refused.json()["error"]
     assert listed(server) == ["met"]
+
+
+def test_a_worker_that_dies_is_replaced_by_one_that_holds_every_model(server, models):
+    for model in models[:3]:
+        assert load(server, model.name, model.folder).status_code == 200
+    killed = server.worker_pids()[0]
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: len(server.worker_pids()) == 2 and killed not in server.worker_pids(), 60,
+               "gunicorn's new worker")
+    replacement = max(server.worker_pids())
+
+    def loaded_there() -> set[str]:
+        return {line.split()[line.split().index("model") + 1] for line in server.output().splitlines()
+                if f"(pid {replacement})" in line and " loaded from " in line}
+
+    wait_until(lambda: loaded_there() >= {m.name for m in models[:3]}, 60, "the new worker's loads",
+               details=lambda: f"{replacement} {loaded_there()} {server.worker_pids()}")
+    assert invoke_all(server, models[:3]) == []  # whichever worker answers, each model answers
+    assert requests.delete(server.url(f"/models/{models[0].name}"), timeout=60).status_code == 200
+
+
+def test_invocations_go_on_while_other_models_load_and_unload(server, models):
+    """Models of every kind loaded and unloaded over and over in the workers' loading threads, while their request
+    threads answer other models from many connections: every answer right, none failed."""
+    steady, churned = models[:6], models[6:]
+    for model in steady:
+        assert load(server, model.name, model.folder).status_code == 200
+    stop, mistakes, answered = threading.Event(), [], []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            found = invoke_all(server, steady)
+            mistakes.extend(found)
+            answered.append(len(steady) * ROUNDS)
+
+    callers = threading.Thread(target=hammer)
+    callers.start()
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(4) as pool:
+                loads = list(pool.map(lambda m: load(server, m.name, m.folder), churned))
+                assert [a.status_code for a in loads] == [200] * len(churned), [a.text for a in loads]
+                gone = list(pool.map(lambda m: requests.delete(server.url(f"/models/{m.name}"), timeout=120),
+                                     churned))
+                assert [a.status_code for a in gone] == [200] * len(churned)
+    finally:
+        stop.set()
+        callers.join(120)
+    assert mistakes == [] and sum(answered) > 0

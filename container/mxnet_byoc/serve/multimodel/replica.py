@@ -1,8 +1,10 @@
 """A worker's copies of the models of a multi-model server: loaded and unloaded to match the registry (state.py),
-in a few threads of their own, while the worker's request thread goes on answering the models it has.
+in a thread of their own, while the worker's request thread goes on answering the models it has.
 
-Loads run in a fixed pool of LOAD_THREADS threads, never a thread per load: MXNet keeps state per thread that
-outlives the thread (about 5 MiB), which a thread per load would leave behind at every load.
+Loads run one at a time in one long-lived thread. One at a time: MXNet cannot create two models at once in a
+process (the second creation can fail inside MXNet's parameter parsing: "The any container is empty"). One thread
+for every load: MXNet keeps state per thread that outlives the thread (about 5 MiB), which a thread per load would
+leave behind at every load.
 
 Every worker holds every loaded model, so that any worker answers any model: nginx hands each request to
 whichever worker is free, a model that gets most of the requests gets every CPU, and a worker that dies takes no
@@ -34,7 +36,6 @@ from . import memory, state
 
 log = logging.getLogger("mxnet_byoc.multimodel")
 
-LOAD_THREADS = 2  # models one worker loads at once
 Build = Callable[[str, Path], Handler]  # (model name, model directory) -> its handler on this worker
 
 
@@ -98,7 +99,7 @@ class Replica:
         self._socket_path = state.worker_socket(self.folder, self.pid)
         self._socket = None
         self._sender = state.sender()
-        self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="model-load")
 
     # ---- serving --------------------------------------------------------------------------------------
 
