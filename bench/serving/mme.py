@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 from devkit.servers import Server
+from devkit.waiting import wait_until
 from figures import Figure, at_least
 
 from . import aws
@@ -128,6 +129,8 @@ def run(bench: Bench) -> list[Figure]:
     try:
         for server in servers:
             server.wait_ready(180)
+        wait_until(lambda: ours.output().count("worker ready with the") >= args.workers, 120,
+                   "every worker of ours ready", details=ours.tail)
         idle = [server.pss_kib() for server in servers]
         seconds: list[list[float]] = [[], []]
         for name in names:

@@ -143,6 +143,7 @@ class Replica:
         for load in self.sync():
             load.result()
         self.started.set()
+        log.info("worker ready with the %d models loaded before it started (pid %d)", len(self.loaded()), self.pid)
         self._report(state.Report(self.pid, state.STARTED))
         while True:
             try:
