@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 BENCHES = ("training", "serving", "fastpath", "images")  # the order of docs/performance.md's sections
 # README's Performance table: a few figures of the latest run, by key (bench/figures.py's Figure.key).
-SUMMARY = ["training.cnn.accuracy", "training.cnn.seconds", "training.throughput.mlp", "training.throughput.cnn",
-           "serving.one-image.cnn.c32", "serving.one-image.mlp.c32", "serving.batch.cnn.uint8",
-           "serving.startup.cnn.seconds", "serving.startup.cnn.pss", "serving.aws.transform_fn.c32", "images.cpu.size"]
+SUMMARY = ["training.cnn.accuracy", "training.throughput.cnn", "serving.one-image.cnn.c32", "serving.batch.cnn.uint8",
+           "serving.startup.cnn.seconds", "serving.aws.transform_fn.c32", "serving.mme.c32", "serving.load.kills",
+           "images.cpu.size"]
 
 
 REQUEST_BODIES = {
@@ -61,7 +61,8 @@ ERRORS = {  # http_errors' classes an answer is made of
     "UnsupportedMediaType": "a missing or unsupported `Content-Type` (the message lists the supported ones)",
     "PayloadTooLarge": "a body above the payload limit (`SAGEMAKER_MAX_PAYLOAD_IN_MB`, a MB being 1,048,576 bytes), "
                        "chunked bodies counted as they arrive",
-    "RequestTimeout": "the body stalled: nothing arrived for half of `SAGEMAKER_MODEL_SERVER_TIMEOUT`",
+    "RequestTimeout": "the body stalled: nothing arrived for half of `SAGEMAKER_MODEL_SERVER_TIMEOUT` (under a "
+                      "plain WSGI server; `serve`'s nginx closes such a connection without an answer, logged as 408)",
     "UserCodeFailure": "your inference code raised: the message names the function and the exception (an exception "
                        "with an integer `status_code` answers with that status); the traceback is in the log",
 }
@@ -70,6 +71,11 @@ WHOSE = {"ClientMistake": "the client's mistake", "ServerLimit": "a limit of the
 OTHER_STATUSES = [
     ("404, 405", "the client's mistake", "an unknown path or method (a 405 lists the methods allowed in `Allow`)"),
     ("503", "the server", "no model loaded yet, or none usable: the reason, as `/ping` gives it"),
+    ("502", "the server", "the worker serving the request died (killed, out of memory, or past "
+     "`SAGEMAKER_MODEL_SERVER_TIMEOUT`): only that request is lost, the others wait for another worker"),
+    ("504", "the server", "every worker stayed busy with other requests for twice `SAGEMAKER_MODEL_SERVER_TIMEOUT`"),
+    ("409, 507", "the client's mistake, the server", "multi-model endpoints: a model name already loaded; too little "
+     "memory left for another model ([docs/multi-model.md](docs/multi-model.md))"),
     ("500", "the server", "a fault of the server itself, running out of memory included: logged with its traceback; "
      "the answer names only its kind (`internal error (MemoryError)`); the worker goes on serving"),
 ]
@@ -97,8 +103,8 @@ SETTINGS = {  # variable: (its default, what it does); None: the default comes f
     settings.OMP_NUM_THREADS: (settings.WORKER_ENV_DEFAULTS.get(settings.OMP_NUM_THREADS),
                                "OpenMP threads per worker (set for them unless given: the workers fill the CPUs)"),
     allocator.LD_PRELOAD: ("jemalloc (`libjemalloc.so.2`), where the machine has it", "`serve` starts itself again "
-                           "once with it set, so that every process allocates with jemalloc; a value of yours, even "
-                           "an empty one (glibc's malloc), is kept"),
+                           "once with it set, so that gunicorn and its workers allocate with jemalloc (nginx does "
+                           "not); a value of yours, even an empty one (glibc's malloc), is kept"),
     modeldir.BASE_DIR: ("/opt/ml", "the model is read from its `model/` folder"),
     selection.PROGRAM: ("`inference.py`, when there is code", "your inference script's file name (script mode)"),
     selection.SUBMIT_DIRECTORY: ("/opt/ml/model/code", "where your inference code is: a folder, a tarball or an "
