@@ -4,7 +4,7 @@ ran it: `distribution={"mpi": {"enabled": True, "processes_per_host": P}}` on H 
 
 AWS's own test script (tests/resources/aws_hvd_basic) runs unchanged, and every rank's file is checked as
 AWS's toolkit test checks it; the MNIST example (examples/horovod) trains in the same job and its rank files
-show the collectives' results. 1x2 and 2x2 here; 2x1 in sdk3/test_sdk3_mpi.py (SDK 3's own MPI driver).
+show the collectives' results, at 1x2, 2x1 and 2x2 (sdk3/test_sdk3_mpi.py: the same through SDK 3's own MPI driver).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def extract(tar_path: Path, into: Path) -> Path:
     return into
 
 
-@pytest.mark.parametrize("hosts, processes", [(1, 2), (2, 2)])
+@pytest.mark.parametrize("hosts, processes", [(1, 2), (2, 1), (2, 2)])
 def test_horovod_through_the_mxnet_estimator(offline, cpu_image, source_dir, inputs, compose_containers,  # noqa: F811
                                             tmp_path, hosts, processes):
     from sagemaker.mxnet import MXNet

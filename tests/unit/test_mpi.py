@@ -9,10 +9,12 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from devkit.waiting import wait_until
 from mxnet_byoc.train import environment
 from mxnet_byoc.train.script import mpi, runner, smenv
 from tests.unit.test_script_env import job
@@ -161,13 +163,16 @@ def test_mpi_abort_names_the_rank_and_without_a_name_the_first_traceback_counts(
 class FakeSsh:
     """subprocess.run for ssh: answers from a script of return codes, and records what was asked."""
 
+    stdout = ""
+
     def __init__(self, codes: list[int]):
         self.codes, self.calls = list(codes), []
 
     def __call__(self, cmd, **kwargs):
         self.calls.append((cmd, kwargs.get("input")))
         code = self.codes.pop(0) if self.codes else 0
-        return subprocess.CompletedProcess(cmd, code, "", "" if code == 0 else "ssh: connect to host algo-2: refused")
+        return subprocess.CompletedProcess(cmd, code, self.stdout,
+                                           "" if code == 0 else "ssh: connect to host algo-2: refused")
 
 
 def test_the_first_host_waits_until_each_other_host_takes_its_ssh_login(tmp_path, monkeypatch):
@@ -195,6 +200,42 @@ def test_the_first_host_tells_the_others_the_exit_code_and_reason(tmp_path, monk
                                 "reason": "ValueError: rank 1 has no data (the script train.py exited with code 1)"}
 
 
+def test_the_first_hosts_session_ends_once_the_other_host_has_taken_the_outcome(tmp_path, monkeypatch):
+    # SDK local mode stops every container as soon as the first one exits: the first host stays until the
+    # other has acted on the outcome (and never longer than FINAL_WAIT).
+    monkeypatch.setattr(mpi, "STATUS_FILE", tmp_path / "status" / "mpi-status.json")
+    monkeypatch.setattr(mpi, "TAKEN_FILE", tmp_path / "status" / "mpi-status.taken")
+    events = []
+
+    def ssh_runs_it_here(cmd, **kwargs):  # the remote command, run by a local shell
+        events.append("session started")
+        done = subprocess.run(["bash", "-c", cmd[-1]], **kwargs)
+        events.append("session ended")
+        return done
+
+    def other_host() -> None:
+        wait_until(mpi.STATUS_FILE.exists, timeout=10, what="the outcome")
+        events.append("taken")
+        mpi._touch(mpi.TAKEN_FILE)
+
+    first = settings(tmp_path)
+    taker = threading.Thread(target=other_host)
+    taker.start()
+    mpi.Job(first, _run=ssh_runs_it_here).finish(0, environment.Paths(tmp_path / "ml"))
+    taker.join()
+    assert events == ["session started", "taken", "session ended"]
+    assert json.loads(mpi.STATUS_FILE.read_text())["exit_code"] == 0
+    cut_short = FakeSsh([255])
+    cut_short.stdout = mpi.DELIVERED  # the other host ended (its container too) once it had the outcome
+    mpi.Job(first, _run=cut_short).finish(0, environment.Paths(tmp_path / "ml"))
+    assert len(cut_short.calls) == 1  # not sent again
+    monkeypatch.setattr(mpi, "FINAL_WAIT", 0.4)  # nobody takes it: the session ends all the same
+    mpi.TAKEN_FILE.unlink()
+    started = time.monotonic()
+    mpi.Job(first, _run=ssh_runs_it_here).finish(0, environment.Paths(tmp_path / "ml"))
+    assert time.monotonic() - started < 5
+
+
 def test_one_host_and_the_other_hosts_tell_nobody(tmp_path):
     ssh = FakeSsh([])
     one = settings(tmp_path / "a", resources={"current_host": "algo-1", "hosts": ["algo-1"]})
@@ -208,6 +249,7 @@ def test_one_host_and_the_other_hosts_tell_nobody(tmp_path):
 def worker(tmp_path, monkeypatch):
     """Another host's Job with a stand-in sshd, its status file under tmp_path, and quick polling."""
     monkeypatch.setattr(mpi, "STATUS_FILE", tmp_path / "status" / "mpi-status.json")
+    monkeypatch.setattr(mpi, "TAKEN_FILE", tmp_path / "status" / "mpi-status.taken")
     monkeypatch.setattr(mpi, "POLL_INTERVAL", 0.01)
     monkeypatch.setattr(mpi, "start_sshd", lambda: subprocess.Popen(["sleep", "60"]))
     return mpi.Job(settings(tmp_path / "job", resources={**TWO_HOSTS, "current_host": "algo-2"}))
@@ -235,6 +277,7 @@ def test_another_host_ends_with_the_first_hosts_outcome(worker, tmp_path, monkey
     assert worker.serve(paths) == code
     writer.join()
     assert worker.sshd is None  # stopped
+    assert mpi.TAKEN_FILE.exists()  # what the first host's session waits for
     if code == 0:
         assert (paths.output / "success").exists() and not paths.failure.exists()
     else:

@@ -7,7 +7,7 @@ on every host, has each other host log in to the first one over SSH, and runs
 job's variables from /etc/environment (written by the driver, read by sshd's PAM session). So the image
 needs sshd, mpirun, mpi4py and paramiko, and root SSH between the algo-N hosts with no prompt.
 
-AWS's Horovod test script runs unchanged, then the MNIST example, at 2 hosts x 1 process and 1 x 2. Two things
+AWS's Horovod test script runs unchanged, then the MNIST example, at 2 hosts x 1 process, 1 x 2 and 2 x 2. Two things
 of SDK 3's own are set right for the test, as a user would:
 - Its local mode writes `network_interface_name: ethwe` (SageMaker's interface) into resourceconfig.json, and
   the driver hands that to mpirun (`btl_tcp_if_include ethwe`), which a local container, with eth0 only,
@@ -61,7 +61,7 @@ def eth0_in_local_mode(monkeypatch):
     monkeypatch.setattr(_LocalContainer, "_write_config_files", write_eth0)
 
 
-@pytest.mark.parametrize("hosts, processes", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("hosts, processes", [(2, 1), (1, 2), (2, 2)])
 def test_model_trainer_with_mpi_runs_horovod(offline, eth0_in_local_mode, cpu_image, source_dir, channels, tmp_path,
                                              hosts, processes):
     from sagemaker.core.training.configs import Compute, InputData, SourceCode

@@ -51,6 +51,9 @@ SSHD = "/usr/sbin/sshd"
 SSH_PORT = 22
 # Where the first host leaves the job's outcome on the others (written over SSH, read by `train` there).
 STATUS_FILE = Path("/run/mxnet-byoc/mpi-status.json")
+# Written by another host once it has acted on the outcome (its success or failure file, its log line).
+TAKEN_FILE = Path("/run/mxnet-byoc/mpi-status.taken")
+DELIVERED = "mpi-status-delivered"
 # Hosts come up at different times (image pull, requirements to install): each may take this long to start
 # its sshd. Once the first host has answered, it may stop answering for `_peer_timeout` seconds at most.
 STARTUP_TIMEOUT = 900
@@ -59,6 +62,9 @@ PEER_TIMEOUT = "_peer_timeout"
 # After a stop, how long another host waits for the first one's outcome before it ends (SageMaker kills
 # the containers 120 s after SIGTERM).
 STOP_GRACE = 100
+# How long the first host waits for another to act on the outcome before it ends: SDK local mode stops every
+# container as soon as the first one exits, which would cut the others' last lines.
+FINAL_WAIT = 30
 POLL_INTERVAL = 0.5
 _TAG = re.compile(r"\[(\d+),(\d+)\]<(?:stdout|stderr|stddiag)>:")
 # mpirun's own account of which rank ended the job.
@@ -327,7 +333,7 @@ class Job:
 
     def finish(self, code: int, paths: environment.Paths) -> None:
         """The first host's job has ended with `code`: each other host gets it, with the failure reason when
-        there is one; then sshd stops."""
+        there is one, and has acted on it (or FINAL_WAIT has passed); then sshd stops."""
         try:
             if self.is_master and len(self.settings.hosts) > 1:
                 reason = _first_line(paths.failure) if code else ""
@@ -339,11 +345,15 @@ class Job:
             self.sshd = None
 
     def _tell(self, host: str, body: str) -> None:
-        target = shlex.quote(str(STATUS_FILE))
-        remote = f"mkdir -p {shlex.quote(str(STATUS_FILE.parent))} && cat > {target}.tmp && mv {target}.tmp {target}"
+        """The outcome to `host`, in one SSH session that ends once the host has taken it (TAKEN_FILE). Once
+        the outcome is there, a session cut short (the host has ended, its container with it) is no failure."""
+        target, taken = shlex.quote(str(STATUS_FILE)), shlex.quote(str(TAKEN_FILE))
+        polls = int(FINAL_WAIT / 0.2)
+        remote = (f"mkdir -p {shlex.quote(str(STATUS_FILE.parent))} && cat > {target}.tmp && mv {target}.tmp {target}"
+                  f" && echo {DELIVERED} && for i in $(seq {polls}); do [ -e {taken} ] && break; sleep 0.2; done")
         for attempt in range(3):
             told = self._run(ssh_command(host, remote), input=body, capture_output=True, text=True)
-            if told.returncode == 0:
+            if told.returncode == 0 or DELIVERED in (told.stdout or ""):
                 return
             time.sleep(1.0 + attempt)
         log.warning("MPI: could not tell %s that the job ended (%s): it will see the first host gone",
@@ -353,6 +363,7 @@ class Job:
         """Another host: sshd for mpirun until the first host says the job has ended; its exit code."""
         master = self.settings.master
         STATUS_FILE.unlink(missing_ok=True)
+        TAKEN_FILE.unlink(missing_ok=True)
         stopping: list[float] = []
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -365,20 +376,20 @@ class Job:
         self.sshd = start_sshd()
         log.info("MPI: sshd started on %s; %s runs the job", self.settings.current_host, master)
         try:
-            status = self._wait_for_outcome(master, stopping)
+            code, reason = self._wait_for_outcome(master, stopping)
+            if code == 0:
+                paths.output.mkdir(parents=True, exist_ok=True)
+                (paths.output / "success").write_text("")
+                log.info("MPI: the job ended successfully on %s", master)
+            else:
+                environment.write_failure(paths, reason)
+                print(f"ERROR: {reason}", flush=True)
+            _touch(TAKEN_FILE)  # the first host's session waits for it (Job._tell): this host has done its part
         finally:
             stop_process(self.sshd)
             self.sshd = None
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        code, reason = status
-        if code == 0:
-            paths.output.mkdir(parents=True, exist_ok=True)
-            (paths.output / "success").write_text("")
-            log.info("MPI: the job ended successfully on %s", master)
-        else:
-            environment.write_failure(paths, reason)
-            print(f"ERROR: {reason}", flush=True)
         return code
 
     def _wait_for_outcome(self, master: str, stopping: list[float]) -> tuple[int, str]:
@@ -406,6 +417,14 @@ class Job:
                 elif not answered_once and now > deadline:
                     return 1, f"the first host {master} did not answer within {STARTUP_TIMEOUT} s"
             time.sleep(POLL_INTERVAL)
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as e:  # the first host then waits FINAL_WAIT at most
+        log.warning("MPI: cannot write %s: %s", path, e)
 
 
 def read_status() -> tuple[int, str] | None:
