@@ -5,7 +5,7 @@ docs/performance.md and README's Performance table from there.
 
     .venv/bin/python bench/run.py [PART ...]        (make bench BENCH="PART ...")
 
-A PART is a bench (serving, training, images) or one of its modes (serving.batch, training.accuracy);
+A PART is a bench (training, horovod, serving, images) or one of its modes (serving.batch, training.accuracy);
 none: every bench's default modes. Exits non-zero when a mode failed, after recording it.
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-BENCHES = {"training": "train_bench.py", "serving": "serve_bench.py", "images": "image_bench.py"}
+BENCHES = {"training": "train_bench.py", "horovod": "horovod_bench.py", "serving": "serve_bench.py",
+           "images": "image_bench.py"}
 
 
 def machine() -> dict[str, str]:

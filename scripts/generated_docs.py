@@ -28,7 +28,7 @@ from mxnet_byoc.train import hyperparameters
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ("training", "serving", "fastpath", "images")  # the order of docs/performance.md's sections
+BENCHES = ("training", "horovod", "serving", "images")  # the order of docs/performance.md's sections
 # README's Performance table: a few figures of the latest run, by key (bench/figures.py's Figure.key).
 SUMMARY = ["training.cnn.accuracy", "training.throughput.cnn", "serving.one-image.cnn.c32", "serving.batch.cnn.uint8",
            "serving.startup.cnn.seconds", "serving.aws.transform_fn.c32", "serving.mme.c32", "serving.load.kills",
