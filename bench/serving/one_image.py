@@ -29,7 +29,7 @@ class ForwardOnly:
     def __init__(self, model):
         self.model, self.image = model, np.zeros((1, *model.input_shape), np.float32)
 
-    def invoke(self, body, content_type, accept):
+    def invoke(self, body, content_type, accept, headers=None):
         self.model.predict(self.image)
         return b'{"predictions":[{"label":0}]}', "application/json"
 
