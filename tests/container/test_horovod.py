@@ -276,8 +276,10 @@ def test_the_gpu_images_horovod_reduces_cpu_tensors_over_mpi(gpu_image, libcuda_
     build = sh("docker", "run", "--rm", "--network", "none", *mount, gpu_image, "horovodrun", "--check-build").stdout
     assert "[X] MXNet" in build and "[X] MPI" in build and "[X] Gloo" in build, build
     assert "[ ] NCCL" in build, build
-    probe = ("import horovod.mxnet as hvd, mxnet as mx; hvd.init(); "
-             "print('sum', hvd.rank(), hvd.allreduce(mx.nd.array([hvd.rank() + 1.0]), average=False).asscalar())")
+    # One write per rank: print() writes each argument apart, and two ranks' unbuffered pieces interleave.
+    probe = ("import os, horovod.mxnet as hvd, mxnet as mx; hvd.init(); "
+             "total = hvd.allreduce(mx.nd.array([hvd.rank() + 1.0]), average=False).asscalar(); "
+             "os.write(1, f'sum {hvd.rank()} {total}\\n'.encode())")
     out = sh("docker", "run", "--rm", "--network", "none", *mount, gpu_image, "mpirun", "-np", "2",
              "--host", "localhost:2", "python3", "-c", probe).stdout
     assert sorted(line.strip() for line in out.splitlines() if line.startswith("sum")) == ["sum 0 3.0", "sum 1 3.0"]
