@@ -205,7 +205,6 @@ class Invocations:
     def __init__(self, loader: ModelLoader, config: settings.ServerConfig):
         self.loader = loader
         self.config = config
-        self.limit_text = f"{config.max_payload_mb} MB ({settings.MAX_PAYLOAD_IN_MB})"
 
     def handler(self, environ: dict) -> contextlib.AbstractContextManager[Handler]:
         """The handler for this request, for the time it takes to answer it."""
@@ -221,7 +220,7 @@ class Invocations:
                                      [("Allow", "POST")])
             with self.handler(environ) as handler:
                 try:
-                    body = _read_body(environ, self.config.max_payload_bytes, self.limit_text)
+                    body = _read_body(environ, self.config.max_payload_bytes, self.config.max_payload_text)
                 except TimeoutError:  # a server whose input stream has a read timeout
                     raise RequestTimeout(
                         f"the body stalled: nothing arrived for {self.config.read_timeout_s:g} s") from None
@@ -246,7 +245,6 @@ class ModelInvocations(Invocations):
     def __init__(self, replica: Replica, config: settings.ServerConfig):
         self.replica = replica
         self.config = config
-        self.limit_text = f"{config.max_payload_mb} MB ({settings.MAX_PAYLOAD_IN_MB})"
 
     def handler(self, environ: dict) -> contextlib.AbstractContextManager[Handler]:
         return self.replica.use(environ["PATH_INFO"][len(MODELS_PREFIX):-len(INVOKE_SUFFIX)])

@@ -66,6 +66,11 @@ class ServerConfig:
     notices: tuple[str, ...] = ()  # settings of AWS's image that serve ignores, logged at start
 
     @property
+    def max_payload_text(self) -> str:
+        """The payload limit as a refusal names it: its size and the variable that sets it."""
+        return f"{self.max_payload_mb} MB ({MAX_PAYLOAD_IN_MB})"
+
+    @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * MIB
 
