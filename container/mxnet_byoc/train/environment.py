@@ -5,6 +5,7 @@ Everything is rooted at $SAGEMAKER_BASE_DIR (default /opt/ml). Only the standard
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -174,6 +175,15 @@ def load(base: Path | None = None) -> TrainingEnv:
         checkpoint_dir=checkpoint_dir,
         job_name=os.environ.get(TRAINING_JOB_NAME),
     )
+
+
+def write_success(paths: Paths) -> None:
+    """output/success, SageMaker's mark of a job that ended well; a folder that cannot take it is only logged."""
+    try:
+        paths.output.mkdir(parents=True, exist_ok=True)
+        (paths.output / "success").write_text("")
+    except OSError as e:
+        logging.getLogger(__name__).warning("cannot write %s: %s", paths.output / "success", e)
 
 
 def write_failure(paths: Paths, reason: str, exc: BaseException | None = None) -> None:

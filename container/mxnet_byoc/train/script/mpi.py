@@ -378,8 +378,7 @@ class Job:
         try:
             code, reason = self._wait_for_outcome(master, stopping)
             if code == 0:
-                paths.output.mkdir(parents=True, exist_ok=True)
-                (paths.output / "success").write_text("")
+                environment.write_success(paths)
                 log.info("MPI: the job ended successfully on %s", master)
             else:
                 environment.write_failure(paths, reason)

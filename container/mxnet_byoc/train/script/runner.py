@@ -292,11 +292,7 @@ def _run(base: Path, joined: list[mpi.Job]) -> int:
             cluster.stop()
     seconds = time.monotonic() - started
     if outcome.returncode == 0 and not outcome.stopped_by and not outcome.aborted:
-        try:
-            paths.output.mkdir(parents=True, exist_ok=True)
-            (paths.output / "success").write_text("")
-        except OSError as e:
-            log.warning("cannot write %s: %s", paths.output / "success", e)
+        environment.write_success(paths)
         log.info("the script %s ended successfully after %.1f s", name, seconds)
         return 0
     reason, detail = _reason(outcome, name)
